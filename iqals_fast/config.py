@@ -1,0 +1,166 @@
+"""Every constant of the method, in one place.
+
+Frozen dataclasses: the SSIM window, the distortion levels of the paper, the nine training
+strategies of Table 2 and the training protocol. Every backend (torch, C++, Triton) derives its
+numbers from these objects; nothing is copied as a literal elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+KINDS = ("blur", "noise", "jpeg")
+"""Distortion kinds of the paper (Gaussian blur, white Gaussian noise, JPEG compression)."""
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The paper's distortion parameters for levels 1, 2 and 3."""
+
+    blur: tuple[float, float, float] = (0.7, 1.0, 1.2)  # Gaussian sigma, pixels
+    noise: tuple[float, float, float] = (0.005, 0.01, 0.02)  # variance on the [0, 1] scale
+    jpeg: tuple[int, int, int] = (12, 8, 4)  # libjpeg quality
+
+    def param(self, kind: str, level: int):
+        """The parameter of ``kind`` at ``level`` (1-3)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if level not in (1, 2, 3):
+            raise ValueError(f"level must be 1, 2 or 3, got {level!r}")
+        return getattr(self, kind)[level - 1]
+
+
+LEVELS = Levels()
+
+
+@dataclass(frozen=True)
+class SSIMConfig:
+    """Wang et al. 2004 SSIM as scikit-image computes it with ``gaussian_weights=True``.
+
+    skimage's window is ``2 * int(truncate * sigma + 0.5) + 1`` = 11 taps; it averages the SSIM
+    map after cropping ``(win - 1) // 2`` pixels from each border, so only window positions that
+    lie wholly inside the image count and the padding mode never matters.
+    """
+
+    sigma: float = 1.5
+    truncate: float = 3.5
+    k1: float = 0.01
+    k2: float = 0.03
+    data_range: float = 1.0
+
+    @property
+    def radius(self) -> int:
+        return int(self.truncate * self.sigma + 0.5)
+
+    @property
+    def win(self) -> int:
+        return 2 * self.radius + 1
+
+    @property
+    def c1(self) -> float:
+        return (self.k1 * self.data_range) ** 2
+
+    @property
+    def c2(self) -> float:
+        return (self.k2 * self.data_range) ** 2
+
+
+SSIM = SSIMConfig()
+
+BLUR_TRUNCATE = 4.0
+"""skimage.filters.gaussian's default: the blur kernel's radius is int(4 * sigma + 0.5)."""
+
+
+def gaussian_taps(sigma: float, truncate: float) -> list[float]:
+    """Normalised 1-D Gaussian taps, as scipy.ndimage.gaussian_filter1d builds them (float64)."""
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"Gaussian sigma must be finite and > 0, got {sigma!r}")
+    radius = int(truncate * sigma + 0.5)
+    w = [math.exp(-0.5 * (x / sigma) ** 2) for x in range(-radius, radius + 1)]
+    s = sum(w)
+    return [v / s for v in w]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One row of the paper's Table 2: what the network is trained on and how it is labelled."""
+
+    number: int
+    name: str
+    kinds: tuple[str, ...]  # distortions mixed into training; () = pristine only
+    iqa_ls: bool  # True: IQA-based label smoothing; False: 0-1 labels
+
+    @property
+    def mixed(self) -> bool:
+        return bool(self.kinds)
+
+
+STRATEGIES: dict[int, Strategy] = {
+    s.number: s
+    for s in (
+        Strategy(1, "Pristine", (), False),
+        Strategy(2, "MIX_blur", ("blur",), False),
+        Strategy(3, "MIX_blur + IQA-LS", ("blur",), True),
+        Strategy(4, "MIX_noise", ("noise",), False),
+        Strategy(5, "MIX_noise + IQA-LS", ("noise",), True),
+        Strategy(6, "MIX_JPEG", ("jpeg",), False),
+        Strategy(7, "MIX_JPEG + IQA-LS", ("jpeg",), True),
+        Strategy(8, "MIX_all3", KINDS, False),
+        Strategy(9, "MIX_all3 + IQA-LS", KINDS, True),
+    )
+}
+
+
+def get_strategy(number) -> Strategy:
+    try:
+        return STRATEGIES[int(number)]
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(
+            f"unknown strategy {number!r}: choose one of {sorted(STRATEGIES)} "
+            f"({', '.join(f'{k}={v.name}' for k, v in STRATEGIES.items())})"
+        ) from None
+
+
+MIXTURE = (0.60, 0.15, 0.15, 0.10)
+"""Share of each epoch's training images that are pristine / level 1 / level 2 / level 3."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The training protocol (the paper's by default)."""
+
+    epochs: int = 2000
+    batch_size: int = 100
+    lr: float = 0.1
+    lr_decay: float = 0.1
+    lr_step_epochs: int = 350
+    weight_decay: float = 0.004  # on fc1 and fc2 only, as TF's l2_loss (gradient wd * w)
+    train_subset: int | None = None
+    mixture: tuple[float, float, float, float] = field(default=MIXTURE)
+
+    def scaled(self, epochs: int | None = None, train_subset: int | None = None) -> "Protocol":
+        """A reduced protocol: the lr steps keep their place relative to the run's length."""
+        e = self.epochs if epochs is None else int(epochs)
+        if e < 1:
+            raise ValueError(f"--epochs must be >= 1, got {e}")
+        if train_subset is not None and int(train_subset) < 1:
+            raise ValueError(f"--train-subset must be >= 1, got {train_subset}")
+        step = max(1, round(self.lr_step_epochs * e / self.epochs))
+        return Protocol(
+            epochs=e,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            lr_decay=self.lr_decay,
+            lr_step_epochs=step,
+            weight_decay=self.weight_decay,
+            train_subset=None if train_subset is None else int(train_subset),
+            mixture=self.mixture,
+        )
+
+    def lr_at(self, epoch: int) -> float:
+        """Staircase schedule: lr * decay ** (epoch // step), epoch counted from 0."""
+        return self.lr * self.lr_decay ** (epoch // self.lr_step_epochs)
+
+
+PAPER = Protocol()
