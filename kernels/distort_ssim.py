@@ -1,0 +1,343 @@
+"""Distort and score in one pass: Gaussian blur and/or white noise, round to uint8, SSIM vs the pristine image.
+
+Reference (``iqals_fast.ops.torch_backend.distort_score``), per image and channel, in plain PyTorch:
+blur (separable, edge-replicate border) -> write -> add noise -> write -> round -> write -> SSIM
+moments (five blurred planes) -> write -> SSIM map -> mean: about 12 full-image round trips through
+global memory. Here one program reads each pristine uint8 tile once, keeps everything in registers
+and writes only the distorted uint8 tile and one float per image (3 + 3 bytes per pixel in all).
+
+Maths, per channel, on the 0..255 scale:
+
+1. Blur as matrices. A separable Gaussian with the replicate border folded in is a banded matrix:
+   ``blur(X) = A_r X A_c^T`` with ``A[o, i] = sum_t w_t [clamp(o + t - R, 0, n - 1) == i]`` (taps at
+   the edge pile onto the edge pixel, which is what mode="nearest" means). Two ``tl.dot``.
+2. Noise: ``+ 255 sqrt(var) z`` with ``z = tl.randn(seed << 32 | id, (row * W + col) * 3 + c)``:
+   the documented scheme of ``iqals_fast.ops.noise``, Philox integers identical on every backend.
+3. Round: clip to [0, 255], round half to even (``(v + 1.5 * 2**23) - 1.5 * 2**23`` in float32, exact
+   for 0 <= v < 2**22), store uint8.
+4. SSIM: the five local moments of the valid window are ``B M B^T`` with ``B[m, j] = g[j - m]``
+   (0 <= j - m < 11) on x - 127.5 and y - 127.5 (shifting leaves (co)variances unchanged and shrinks
+   float32 cancellation in E[x^2] - E[x]^2), ten ``tl.dot``; then Wang et al.'s formula with
+   C1 = (K1 * 255)^2, C2 = (K2 * 255)^2 and a masked sum over the valid positions.
+
+Precision of the dots. ``TF32=True`` (the default on GPU) runs each float32 product on tensor cores as
+a sum of TF32 products of a rounded hi/lo split (hi = x rounded to 11 significant bits, lo = the rest
+rounded the same way): ``a b ~ a_lo b_hi + a_hi b_lo + a_hi b_hi``, dropping a_lo b_lo (< 2**-24 of
+|a b|), i.e. float32 accuracy at three tensor-core products. Pixel values (integers) and shifted
+pixels (half integers) are exact in TF32, so their products need two dots, not three; squares and
+cross products of shifted pixels are quarter integers below 2**14, exact as hi + lo. The split is
+done here by bit masking (not ``input_precision="tf32x3"``) so the Triton interpreter runs the same
+arithmetic and CPU tests check it. ``TF32=False`` uses ``input_precision="ieee"`` (CUDA-core FMA).
+
+Tiling. Images up to 32 x 32 are one tile (16 or 32 padded, masks for the rest); larger ones are cut
+into 32 x 32 distorted tiles that overlap by the SSIM window minus one (10 pixels), each reading a
+pristine tile with a halo of R (the blur radius) padded to a power of two. A tile writes only the
+pixels it owns, and its SSIM sum goes to a per-(image, tile) slot that the launcher adds up in a fixed
+order (deterministic, no atomics). Launches are persistent along the batch: a program builds its four
+matrices once and loops over images.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from iqals_fast.config import BLUR_TRUNCATE, SSIM, gaussian_taps
+
+TILE = 32  # largest distorted tile side (power of two); images up to TILE x TILE are a single tile
+MIN_TILE = 16  # tl.dot needs every dimension >= 16
+SHIFT = 127.5  # half the 8-bit range: SSIM moments are taken on x - SHIFT
+RINT_MAGIC = 12582912.0  # 1.5 * 2**23: (v + M) - M rounds a float32 0 <= v < 2**22 half to even
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _split_tf32(x):
+    """x = hi + lo + O(2**-24 |x|), hi and lo exactly representable in TF32 (rounded, unbiased)."""
+    hi = ((x.to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    lo = (((x - hi).to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    return hi, lo
+
+
+@triton.jit
+def _dot_xm(x, m, m_hi, m_lo, TF32: tl.constexpr, X_EXACT: tl.constexpr):
+    """x @ m for a constant matrix m given whole and pre-split; X_EXACT: x is exact in TF32."""
+    if TF32:
+        if X_EXACT:
+            acc = tl.dot(x, m_lo, input_precision="tf32")
+            acc = tl.dot(x, m_hi, acc, input_precision="tf32")
+        else:
+            x_hi, x_lo = _split_tf32(x)
+            acc = tl.dot(x_lo, m_hi, input_precision="tf32")
+            acc = tl.dot(x_hi, m_lo, acc, input_precision="tf32")
+            acc = tl.dot(x_hi, m_hi, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(x, m, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _dot_mx(m, m_hi, m_lo, x, TF32: tl.constexpr):
+    """m @ x for a constant matrix m given whole and pre-split, x any float32."""
+    if TF32:
+        x_hi, x_lo = _split_tf32(x)
+        acc = tl.dot(m_lo, x_hi, input_precision="tf32")
+        acc = tl.dot(m_hi, x_lo, acc, input_precision="tf32")
+        acc = tl.dot(m_hi, x_hi, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(m, x, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _blur_matrix(taps_ptr, out0, in0, n, R: tl.constexpr, PO: tl.constexpr, PI: tl.constexpr,
+                 TRANSPOSE: tl.constexpr):
+    """A[o, i] = sum_t w_t [clamp(out0 + o + t - R, 0, n - 1) == in0 + i]  (PO x PI, or PI x PO)."""
+    if TRANSPOSE:
+        o = out0 + tl.arange(0, PO)[None, :]
+        i = in0 + tl.arange(0, PI)[:, None]
+        a = tl.zeros((PI, PO), dtype=tl.float32)
+    else:
+        o = out0 + tl.arange(0, PO)[:, None]
+        i = in0 + tl.arange(0, PI)[None, :]
+        a = tl.zeros((PO, PI), dtype=tl.float32)
+    for t in tl.static_range(2 * R + 1):
+        w = tl.load(taps_ptr + t)
+        src = tl.minimum(tl.maximum(o + (t - R), 0), n - 1)
+        a += tl.where(src == i, w, 0.0)
+    return a
+
+
+@triton.jit
+def _window_matrix(taps_ptr, WIN: tl.constexpr, P: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """B[m, j] = g[j - m] for 0 <= j - m < WIN (P x P; transposed if asked): the valid-window filter."""
+    if TRANSPOSE:
+        d = tl.arange(0, P)[:, None] - tl.arange(0, P)[None, :]
+    else:
+        d = tl.arange(0, P)[None, :] - tl.arange(0, P)[:, None]
+    return tl.load(taps_ptr + d, mask=(d >= 0) & (d < WIN), other=0.0)
+
+
+@triton.jit
+def _window(f, br, br_hi, br_lo, bct, bct_hi, bct_lo, TF32: tl.constexpr, EXACT: tl.constexpr):
+    """B_r f B_c^T: the Gaussian-weighted mean of f over every valid 11 x 11 window of the tile."""
+    g = _dot_xm(f, bct, bct_hi, bct_lo, TF32, EXACT)
+    return _dot_mx(br, br_hi, br_lo, g, TF32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["N", "H", "W", "seed", "noise_scale", "n_tiles_h", "n_tiles_w"])
+def distort_ssim_kernel(
+    x_ptr, y_ptr, out_ptr, ids_ptr, blur_taps_ptr, win_taps_ptr, score_ptr,
+    N, H, W, seed, noise_scale, n_tiles_h, n_tiles_w, c1, c2,
+    BLUR: tl.constexpr, NOISE: tl.constexpr, SCORE: tl.constexpr, READ_Y: tl.constexpr,
+    R: tl.constexpr, WIN: tl.constexpr,
+    PDH: tl.constexpr, PDW: tl.constexpr, PIH: tl.constexpr, PIW: tl.constexpr,
+    TSH: tl.constexpr, TSW: tl.constexpr, SAME_TILE: tl.constexpr, SINGLE_TILE: tl.constexpr,
+    TF32: tl.constexpr,
+):
+    # -- Stage 0: which tile, which pixels. Distorted tile rows [r0, r0 + PDH), pristine [p0, p0 + PIH).
+    pid_n = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    tile = tl.program_id(1)
+    th = tile // n_tiles_w
+    tw = tile % n_tiles_w
+    r0 = th * TSH
+    c0 = tw * TSW
+    if BLUR:
+        p0 = tl.maximum(r0 - R, 0)
+        q0 = tl.maximum(c0 - R, 0)
+    else:
+        p0 = r0
+        q0 = c0
+
+    rd = r0 + tl.arange(0, PDH)
+    cd = c0 + tl.arange(0, PDW)
+    d_in = (rd < H)[:, None] & (cd < W)[None, :]
+    pix_d = (rd[:, None] * W + cd[None, :]) * 3  # int32 offsets inside one image (also noise counters)
+    # a tile owns the pixels before the next tile's origin; the last tile along an axis owns the rest
+    own_h = tl.arange(0, PDH) < tl.where(th == n_tiles_h - 1, PDH, TSH)
+    own_w = tl.arange(0, PDW) < tl.where(tw == n_tiles_w - 1, PDW, TSW)
+    own = d_in & own_h[:, None] & own_w[None, :]
+    ri = p0 + tl.arange(0, PIH)
+    ci = q0 + tl.arange(0, PIW)
+    i_in = (ri < H)[:, None] & (ci < W)[None, :]
+    pix_i = (ri[:, None] * W + ci[None, :]) * 3
+    # SSIM map position m (local) is the window whose top-left pixel is r0 + m; valid windows lie inside
+    m_ok = ((tl.arange(0, PDH) < TSH) & (rd <= H - WIN))[:, None] & ((tl.arange(0, PDW) < TSW) & (cd <= W - WIN))[None, :]
+
+    # -- Stage 1: the constant matrices, built once per program (blur with the border folded in; window).
+    if BLUR:
+        a_r = _blur_matrix(blur_taps_ptr, r0, p0, H, R, PDH, PIH, False)  # PDH x PIH
+        a_ct = _blur_matrix(blur_taps_ptr, c0, q0, W, R, PDW, PIW, True)  # PIW x PDW
+        a_r_hi, a_r_lo = _split_tf32(a_r)
+        a_ct_hi, a_ct_lo = _split_tf32(a_ct)
+    if SCORE:
+        b_r = _window_matrix(win_taps_ptr, WIN, PDH, False)  # PDH x PDH
+        b_ct = _window_matrix(win_taps_ptr, WIN, PDW, True)  # PDW x PDW
+        b_r_hi, b_r_lo = _split_tf32(b_r)
+        b_ct_hi, b_ct_lo = _split_tf32(b_ct)
+        count = ((H - WIN + 1) * (W - WIN + 1) * 3).to(tl.float32)
+
+    # -- Persistent loop over the batch.
+    for n in range(pid_n, N, nprog):
+        base = tl.cast(n, tl.int64) * H * W * 3
+        if NOISE:
+            key = (seed.to(tl.uint64) << 32) | tl.load(ids_ptr + n).to(tl.uint64)
+        total = 0.0
+        for c in tl.static_range(3):
+            if READ_Y:
+                # -- score only: the distorted image comes from elsewhere (JPEG)
+                d = tl.load(y_ptr + base + pix_d + c, mask=d_in, other=0).to(tl.float32)
+                xd = tl.load(x_ptr + base + pix_d + c, mask=d_in, other=0).to(tl.float32)
+            else:
+                # -- Stage 2: read the pristine tile once (uint8 -> float32 0..255, zero outside)
+                x = tl.load(x_ptr + base + pix_i + c, mask=i_in, other=0).to(tl.float32)
+                # -- Stage 3: blur = A_r X A_c^T (x is integer-valued: exact in TF32)
+                if BLUR:
+                    t = _dot_xm(x, a_ct, a_ct_hi, a_ct_lo, TF32, True)  # PIH x PDW
+                    d = _dot_mx(a_r, a_r_hi, a_r_lo, t, TF32)  # PDH x PDW
+                else:
+                    d = x
+                # -- Stage 4: white noise, the documented Philox scheme
+                if NOISE:
+                    d = d + noise_scale * tl.randn(key, pix_d + c)
+                # -- Stage 5: what an 8-bit file holds: clip, round half to even, store the owned pixels
+                d = tl.minimum(tl.maximum(d, 0.0), 255.0)
+                d = (d + 12582912.0) - 12582912.0
+                tl.store(out_ptr + base + pix_d + c, d.to(tl.uint8), mask=own)
+                if SCORE:
+                    if SAME_TILE:
+                        xd = x
+                    else:
+                        xd = tl.load(x_ptr + base + pix_d + c, mask=d_in, other=0).to(tl.float32)
+            if SCORE:
+                # -- Stage 6: the five windowed moments of the shifted planes, then the SSIM map
+                xs = xd - 127.5
+                ys = d - 127.5
+                mx = _window(xs, b_r, b_r_hi, b_r_lo, b_ct, b_ct_hi, b_ct_lo, TF32, True)
+                my = _window(ys, b_r, b_r_hi, b_r_lo, b_ct, b_ct_hi, b_ct_lo, TF32, True)
+                mxx = _window(xs * xs, b_r, b_r_hi, b_r_lo, b_ct, b_ct_hi, b_ct_lo, TF32, False)
+                myy = _window(ys * ys, b_r, b_r_hi, b_r_lo, b_ct, b_ct_hi, b_ct_lo, TF32, False)
+                mxy = _window(xs * ys, b_r, b_r_hi, b_r_lo, b_ct, b_ct_hi, b_ct_lo, TF32, False)
+                vx = mxx - mx * mx
+                vy = myy - my * my
+                vxy = mxy - mx * my
+                ux = mx + 127.5
+                uy = my + 127.5
+                s = ((2.0 * ux * uy + c1) * (2.0 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+                total += tl.sum(tl.sum(tl.where(m_ok, s, 0.0), axis=1), axis=0)
+        # -- Stage 7: the image's SSIM (single tile) or this tile's share of its sum
+        if SCORE:
+            if SINGLE_TILE:
+                tl.store(score_ptr + n, total / count)
+            else:
+                tl.store(score_ptr + n * (n_tiles_h * n_tiles_w) + tile, total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launcher
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_TF32 = True
+"""TF32 hi/lo split dots (tensor cores, float32 accuracy); False: input_precision="ieee"."""
+PROGRAMS_PER_SM = 4
+"""Persistent programs per SM and tile column on CUDA (the batch loop's grid)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _taps(sigma: float, truncate: float, device: torch.device) -> torch.Tensor:
+    # float64 taps rounded to float32, as the torch backend convolves with
+    return torch.tensor(gaussian_taps(sigma, truncate), dtype=torch.float64).to(torch.float32).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _plan(side: int, radius: int, blur: bool, score: bool):
+    """(distorted tile side, pristine tile side, tile step, number of tiles) along one axis."""
+    pd = max(MIN_TILE, min(TILE, _pow2(side)))
+    step = pd - (SSIM.win - 1) if score else pd
+    n_tiles = 1 if side <= pd else triton.cdiv(side - (SSIM.win - 1) if score else side, step)
+    if not blur or side <= pd:
+        pi = pd  # a single tile holds the whole axis; the border is folded into the blur matrix
+    else:
+        pi = max(MIN_TILE, _pow2(pd + 2 * radius))
+    return pd, pi, step, n_tiles
+
+
+def distort_ssim(images: torch.Tensor, sigma: float | None = None, noise_std: float | None = None,
+                 seed: int = 0, ids: torch.Tensor | None = None, score: bool = True,
+                 distorted: torch.Tensor | None = None, tf32: bool | None = None,
+                 programs_per_sm: int | None = None, num_warps: int = 4):
+    """Blur (sigma) and/or add noise (noise_std on the [0, 1] scale), round, and score against ``images``.
+
+    images: uint8 N x H x W x 3 (H, W >= 8; >= 11 to score). ids: int64 N (noise key per image).
+    ``distorted`` given (and sigma = noise_std = None): only score it against ``images``.
+    Returns (uint8 distorted images or None when ``distorted`` was given, float32 N scores or None).
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 N x H x W x 3, got {images.dtype} {tuple(images.shape)}")
+    read_y = distorted is not None
+    if read_y and (sigma is not None or noise_std is not None or not score):
+        raise ValueError("a given distorted image is only scored: pass sigma=None, noise_std=None, score=True")
+    n, h, w, _ = images.shape
+    if min(h, w) < (SSIM.win if score else 8):
+        raise ValueError(f"images must be at least {SSIM.win if score else 8} pixels on each side, got {h} x {w}")
+    x = images.contiguous()
+    dev = x.device
+    blur = sigma is not None
+    noise = noise_std is not None
+    if noise:
+        ids = torch.arange(n, dtype=torch.int64, device=dev) if ids is None else ids.to(dev, torch.int64).contiguous()
+    radius = int(BLUR_TRUNCATE * sigma + 0.5) if blur else 0
+    pdh, pih, tsh, nth = _plan(h, radius, blur, score)
+    pdw, piw, tsw, ntw = _plan(w, radius, blur, score)
+    n_tiles = nth * ntw
+    out = torch.empty_like(x) if not read_y else x  # out unused (never written) when only scoring
+    y = distorted.contiguous() if read_y else x
+    if read_y and (y.shape != x.shape or y.dtype != torch.uint8 or y.device != dev):
+        raise ValueError("distorted must be a uint8 tensor of the same shape and device as images")
+    scores = None
+    if score:
+        scores = torch.empty((n,) if n_tiles == 1 else (n, n_tiles), dtype=torch.float32, device=dev)
+    if n == 0:
+        return (None if read_y else out), (torch.empty(0, dtype=torch.float32, device=dev) if score else None)
+    if dev.type == "cuda":
+        per_sm = PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
+        nprog = max(1, min(n, triton.cdiv(_sm_count(dev) * per_sm, n_tiles)))
+    else:  # the Triton interpreter: a few programs, so the batch loop runs too
+        nprog = min(n, 16)
+    blur_taps = _taps(float(sigma), BLUR_TRUNCATE, dev) if blur else _taps(SSIM.sigma, SSIM.truncate, dev)
+    win_taps = _taps(SSIM.sigma, SSIM.truncate, dev)
+    ids_t = ids if noise else blur_taps  # any pointer: never read without noise
+    distort_ssim_kernel[(nprog, n_tiles)](
+        x, y, out, ids_t, blur_taps, win_taps, scores if score else blur_taps,
+        n, h, w, int(seed), 255.0 * float(noise_std) if noise else 0.0, nth, ntw,
+        (SSIM.k1 * 255.0) ** 2, (SSIM.k2 * 255.0) ** 2,
+        BLUR=blur, NOISE=noise, SCORE=score, READ_Y=read_y, R=radius, WIN=SSIM.win,
+        PDH=pdh, PDW=pdw, PIH=pih, PIW=piw, TSH=tsh, TSW=tsw,
+        SAME_TILE=(pih == pdh and piw == pdw), SINGLE_TILE=(n_tiles == 1),
+        TF32=DEFAULT_TF32 if tf32 is None else bool(tf32),
+        num_warps=num_warps,
+    )
+    if score and n_tiles > 1:
+        scores = scores.sum(dim=1) / float(3 * (h - SSIM.win + 1) * (w - SSIM.win + 1))
+    return (None if read_y else out), scores
