@@ -1,0 +1,374 @@
+"""GPU benchmark of the Triton backend: blur+noise+SSIM on 50,000 real CIFAR-10 images, and the loss.
+
+Run from the repository root (bench/gpu_check.sh does, after installing and testing):
+
+    python bench/gpu_bench.py --device cuda --n 50000 --out bench/results
+    TRITON_INTERPRET=1 python bench/gpu_bench.py --device cpu --n 200 --tiny   # dry run of every code path
+
+Steps (each guarded: one failing step records its error and the others still run):
+  env      device name, torch / triton / library versions
+  images   decode the CIFAR-10 training JPEGs ($IQALS_CIFAR_JPEG, default .data/cifar10-jpeg.tar.gz)
+  distort  blur(1.0) + noise(0.01) + SSIM: Triton fused kernel (TF32-split and IEEE dots, a few launch
+           shapes) vs the torch backend, kornia, pytorch-msssim, torchmetrics, fused-ssim where they
+           import; SSIM-only timings too; parity of the Triton result against the torch backend
+  loss     soft-label MSE forward + backward, K = 10, B in 100 .. 65536: Triton (eager autograd.Function
+           and the torch.library custom op) vs eager PyTorch autograd of the reference
+Timings: CUDA events around `repeats` calls after `warmup` calls; median (and min) per call.
+Writes one JSON (everything measured) to --out (default $OUT or bench/results) and prints a table.
+More steps (training throughput) can be appended to STEPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tarfile
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGMA, VAR, SEED = 1.0, 0.01, 2024
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+
+
+def timeit(fn, device, warmup=3, repeats=10, inner=1):
+    """Median and min seconds per call of fn() (CUDA events on GPU, perf_counter on CPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            a.record()
+            for _ in range(inner):
+                fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3 / inner)
+        else:
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times.append((time.perf_counter() - t) / inner)
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats, "inner": inner}
+
+
+def _try_import(name):
+    try:
+        return __import__(name, fromlist=["_"])
+    except Exception as e:  # not installed here (no network on the GPU machine): skip cleanly
+        return f"not importable: {type(e).__name__}: {e}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+
+
+def step_env(ctx):
+    import triton
+
+    dev = ctx["device"]
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "interpreter": os.environ.get("TRITON_INTERPRET") == "1",
+    }
+    for lib in ("kornia", "pytorch_msssim", "torchmetrics", "fused_ssim", "fussim", "skimage"):
+        m = _try_import(lib)
+        info[lib] = getattr(m, "__version__", "installed") if not isinstance(m, str) else None
+    return info
+
+
+def _decode(blobs):
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+
+
+def step_images(ctx):
+    n = ctx["args"].n
+    path = Path(os.environ.get("IQALS_CIFAR_JPEG", ROOT / ".data" / "cifar10-jpeg.tar.gz"))
+    t0 = time.perf_counter()
+    if path.is_file():
+        blobs = []
+        with tarfile.open(path, "r:gz") as tar:
+            for m in tar:
+                parts = m.name.split("/")
+                if m.isfile() and len(parts) >= 3 and parts[-3] == "train" and parts[-1].endswith(".jpg"):
+                    blobs.append((m.name, tar.extractfile(m).read()))
+        blobs.sort()
+        blobs = [b for _, b in blobs[:n]]
+        chunks = [blobs[i:i + 1000] for i in range(0, len(blobs), 1000)]
+        # spawn, not fork: CUDA is already initialised in this process
+        with ProcessPoolExecutor(min(16, os.cpu_count() or 1), mp_context=multiprocessing.get_context("spawn")) as pool:
+            images = np.concatenate(list(pool.map(_decode, chunks)))
+        source = str(path)
+    else:  # no archive: generated images, and the JSON says so
+        sys.path.insert(0, str(ROOT / "tests"))
+        from conftest import generated_images
+
+        images = generated_images(n, 32, 32, seed=0)
+        source = "generated (archive not found at %s)" % path
+    ctx["images"] = torch.from_numpy(images).to(ctx["device"])
+    return {"n": int(images.shape[0]), "shape": list(images.shape), "source": source,
+            "decode_s": time.perf_counter() - t0}
+
+
+def step_distort(ctx):
+    import torch.nn.functional as F
+
+    from iqals_fast.ops import torch_backend as ref
+    from iqals_fast.ops import triton_backend as tbk
+    from iqals_fast.ops.filters import gaussian_blur, planes
+    from iqals_fast.ops.noise import normals
+    from iqals_fast.kernels import distort_ssim as kds
+
+    args, dev, x = ctx["args"], ctx["device"], ctx["images"]
+    n = x.shape[0]
+    ids = torch.arange(n, device=dev)
+    std = VAR**0.5
+    res = {"n": n, "sigma": SIGMA, "var": VAR, "timings": {}, "ssim_only": {}, "errors": {}}
+    tm = res["timings"]
+    rep = dict(warmup=args.warmup, repeats=args.repeats)
+
+    def run(table, name, fn, **kw):
+        try:
+            table[name] = timeit(fn, dev, **{**rep, **kw})
+            table[name]["images_per_s"] = n / table[name]["median_s"]
+        except Exception as e:
+            res["errors"][name] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+
+    # -- Triton fused kernel: default, both dot precisions, a few persistent-grid shapes
+    run(tm, "triton", lambda: kds.distort_ssim(x, SIGMA, std, SEED, ids, True))
+    run(tm, "triton_ieee", lambda: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, tf32=False))
+    if dev.type == "cuda":
+        for pps in (2, 8, 16):
+            for nw in (4, 8):
+                run(tm, f"triton_pps{pps}_w{nw}",
+                    lambda pps=pps, nw=nw: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, programs_per_sm=pps, num_warps=nw))
+    # -- the torch backend on the same device (the reference)
+    run(tm, "torch_backend", lambda: ref.distort_score(x, SIGMA, VAR, SEED, ids, True))
+
+    # -- parity of the fused kernel with the reference on all n images
+    out, s = kds.distort_ssim(x, SIGMA, std, SEED, ids, True)
+    r_out, r_s = ref.distort_score(x, SIGMA, VAR, SEED, ids, True)
+    d = (out.int() - r_out.int()).abs()
+    res["parity_vs_torch_backend"] = {
+        "bytes_max_diff": int(d.max()), "bytes_frac_diff": float((d > 0).double().mean()),
+        "ssim_max_abs_diff_vs_reference_pipeline": float((s - r_s).abs().max()),
+        "ssim_max_abs_diff_same_bytes": float((s - ref.ssim(x, out)).abs().max()),
+        "ssim_mean": float(s.mean()),
+    }
+    del out, r_out, d
+
+    # -- third-party pipelines: the same work (blur, noise, round to 8 bits, SSIM vs pristine)
+    xf = planes(x, torch.float32).reshape(n, 3, 32, 32)
+    z = normals(SEED, ids, 32, 32).permute(0, 3, 1, 2).contiguous()
+    win = 2 * int(4.0 * SIGMA + 0.5) + 1
+
+    def q8(v):
+        return torch.round(v.clamp(0, 1) * 255) / 255
+
+    kornia = _try_import("kornia")
+    if not isinstance(kornia, str):
+        def kornia_pipe():
+            y = q8(kornia.filters.gaussian_blur2d(xf, (win, win), (SIGMA, SIGMA), border_type="replicate") + std * z)
+            return kornia.metrics.ssim(xf, y, 11, max_val=1.0, padding="valid").mean(dim=(1, 2, 3))
+        run(tm, "kornia", kornia_pipe)
+        run(res["ssim_only"], "kornia", lambda: kornia.metrics.ssim(xf, xf, 11, max_val=1.0, padding="valid").mean(dim=(1, 2, 3)))
+    else:
+        res["errors"]["kornia"] = kornia
+
+    def torch_blur_noise():
+        return q8(gaussian_blur(xf, SIGMA, 4.0, mode="nearest") + std * z)
+
+    msssim = _try_import("pytorch_msssim")
+    if not isinstance(msssim, str):
+        run(tm, "pytorch_msssim(+torch blur)",
+            lambda: msssim.ssim(xf, torch_blur_noise(), data_range=1.0, size_average=False, win_size=11, win_sigma=1.5))
+        run(res["ssim_only"], "pytorch_msssim",
+            lambda: msssim.ssim(xf, xf, data_range=1.0, size_average=False, win_size=11, win_sigma=1.5))
+    else:
+        res["errors"]["pytorch_msssim"] = msssim
+
+    tmetrics = _try_import("torchmetrics.functional")
+    if not isinstance(tmetrics, str):
+        def tm_pipe():
+            return tmetrics.structural_similarity_index_measure(
+                xf, torch_blur_noise(), gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, reduction="none")
+        run(tm, "torchmetrics(+torch blur)", tm_pipe)
+    else:
+        res["errors"]["torchmetrics"] = tmetrics
+
+    for mod in ("fused_ssim", "fussim"):
+        fs = _try_import(mod)
+        if isinstance(fs, str):
+            res["errors"][mod] = fs
+            continue
+        f = getattr(fs, "fused_ssim", None) or getattr(fs, "ssim", None)
+        if f is None or dev.type != "cuda":
+            res["errors"][mod] = "no fused_ssim/ssim function, or not on CUDA"
+            continue
+        run(tm, f"{mod}(+torch blur)", lambda f=f: f(torch_blur_noise(), xf, padding="valid", train=False))
+
+    # -- SSIM only (images distorted elsewhere, e.g. JPEG): the fused kernel's score-only mode
+    y8 = ref.distort_score(x, SIGMA, VAR, SEED, ids, False)[0]
+    run(res["ssim_only"], "triton", lambda: kds.distort_ssim(x, distorted=y8))
+    run(res["ssim_only"], "torch_backend", lambda: ref.ssim(x, y8))
+    del xf, z, y8
+
+    base = tm.get("triton", {}).get("median_s")
+    for name, t in tm.items():
+        t["triton_speedup"] = (t["median_s"] / base) if base else None
+    best = min((v["median_s"], k) for k, v in tm.items() if k.startswith("triton"))
+    res["best_triton"] = {"config": best[1], "ms": best[0] * 1e3, "images_per_s": n / best[0]}
+    _ = F, tbk
+    return res
+
+
+def step_loss(ctx):
+    from iqals_fast.ops import torch_backend as ref
+    from iqals_fast.ops import triton_backend as tbk
+
+    args, dev = ctx["args"], ctx["device"]
+    k = 10
+    res = {"k": k, "by_batch": {}, "errors": {}}
+    for b in args.loss_batches:
+        g = torch.Generator(device="cpu").manual_seed(b)
+        z = (torch.randn(b, k, generator=g) * 3).to(dev).requires_grad_()
+        y = torch.randint(0, k, (b,), generator=g).to(dev)
+        t = torch.rand(b, generator=g).to(dev)
+
+        def step(fn):
+            loss = fn(z, y, t)
+            return torch.autograd.grad(loss, z)[0]
+
+        fns = {
+            "eager": ref.soft_label_mse,
+            "triton": tbk.soft_label_mse,
+            "triton_custom_op": lambda a, b_, c: tbk.soft_label_mse_op(a, b_, c, True)[0],
+        }
+        row = {}
+        ref_grad = step(fns["eager"])
+        for name, fn in fns.items():
+            try:
+                gr = step(fn)
+                err = float((gr - ref_grad).abs().max())
+                inner = 50 if b <= 10000 else 10
+                row[name] = {**timeit(lambda fn=fn: step(fn), dev, warmup=args.warmup, repeats=args.repeats,
+                                      inner=inner if dev.type == "cuda" else 1), "grad_max_abs_diff": err}
+            except Exception as e:
+                res["errors"][f"{name}@{b}"] = f"{type(e).__name__}: {e}"
+                traceback.print_exc()
+        for name in row:
+            if "eager" in row:
+                row[name]["speedup_vs_eager"] = row["eager"]["median_s"] / row[name]["median_s"]
+        res["by_batch"][str(b)] = row
+    return res
+
+
+STEPS = {"env": step_env, "images": step_images, "distort": step_distort, "loss": step_loss}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def print_table(results):
+    env = results.get("env", {})
+    print(f"\n# {env.get('device_name')}  torch {env.get('torch')}  triton {env.get('triton')}")
+    d = results.get("distort")
+    if isinstance(d, dict) and "timings" in d:
+        print(f"\nblur({SIGMA}) + noise({VAR}) + SSIM, {d['n']} images (median of repeats)")
+        print(f"{'implementation':34s} {'ms':>10s} {'images/s':>14s} {'x slower than triton':>22s}")
+        for name, t in sorted(d["timings"].items(), key=lambda kv: kv[1]["median_s"]):
+            print(f"{name:34s} {t['median_s'] * 1e3:10.3f} {t['images_per_s']:14.0f} {t.get('triton_speedup') or 0:22.1f}")
+        print("SSIM only:", ", ".join(f"{k} {v['median_s'] * 1e3:.3f} ms" for k, v in d["ssim_only"].items()))
+        print("parity vs torch backend:", d.get("parity_vs_torch_backend"))
+        if d.get("errors"):
+            print("skipped/errors:", d["errors"])
+    lo = results.get("loss")
+    if isinstance(lo, dict) and "by_batch" in lo:
+        print(f"\nsoft-label MSE forward + backward, K = {lo['k']} (microseconds per step)")
+        print(f"{'B':>7s} {'eager':>10s} {'triton':>10s} {'speedup':>8s} {'custom op':>10s} {'speedup':>8s}")
+        for b, row in lo["by_batch"].items():
+            def us(nm):
+                return row[nm]["median_s"] * 1e6 if nm in row else float("nan")
+
+            def sp(nm):
+                return row[nm].get("speedup_vs_eager", float("nan")) if nm in row else float("nan")
+            print(f"{b:>7s} {us('eager'):10.1f} {us('triton'):10.1f} {sp('triton'):8.2f} {us('triton_custom_op'):10.1f} {sp('triton_custom_op'):8.2f}")
+        if lo.get("errors"):
+            print("errors:", lo["errors"])
+    for name, v in results.items():
+        if isinstance(v, dict) and "error" in v:
+            print(f"step {name} FAILED: {v['error']}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--n", type=int, default=50000, help="number of CIFAR-10 training images")
+    p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
+    p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {list(STEPS)}")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--loss-batches", default="100,1000,10000,65536")
+    p.add_argument("--tiny", action="store_true", help="CPU dry run: 1 warm-up, 2 repeats, small loss batches")
+    args = p.parse_args(argv)
+    args.loss_batches = [int(v) for v in args.loss_batches.split(",")]
+    if args.tiny:
+        args.warmup, args.repeats, args.loss_batches = 1, 2, [100, 1000]
+    dev = torch.device(args.device)
+    if dev.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        p.error("on CPU the Triton kernels need TRITON_INTERPRET=1 (set before starting Python)")
+    ctx = {"args": args, "device": dev}
+    results = {"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for name in args.steps.split(","):
+        if name not in STEPS:
+            p.error(f"unknown step {name!r}; known: {list(STEPS)}")
+        t0 = time.perf_counter()
+        print(f"--- step {name}", flush=True)
+        try:
+            results[name] = STEPS[name](ctx)
+        except Exception as e:  # record and go on: the other steps still run
+            traceback.print_exc()
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
+        results[name]["step_seconds"] = time.perf_counter() - t0
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = results.get("env", {}).get("device_name", dev.type).replace(" ", "_").replace("/", "_")
+    path = out / f"gpu_bench_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print_table(results)
+    print(f"\nwrote {path}")
+    failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

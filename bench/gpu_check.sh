@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# GPU check of the Triton backend, in one run of well under 10 minutes, without network:
+#   install the checkout, run the GPU parity tests, benchmark on 50,000 real CIFAR-10 images.
+#
+#   bash bench/gpu_check.sh            # from the repository root on the GPU machine
+#
+# Inputs:  .data/cifar10-jpeg.tar.gz (or $IQALS_CIFAR_JPEG); optional .whl/*.whl (kornia, pytorch-msssim,
+#          ... installed offline if present). Outputs: $OUT (or bench/results/): one log per step,
+#          steps.txt (name, exit code, seconds) and the benchmark JSON.
+# Each step runs under its own timeout, bounded by a total budget (BUDGET_S, default 540 s), in
+# priority order; a failing step is recorded and the next one still runs. Append steps at the end.
+set -u
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+OUTDIR="${OUT:-bench/results}"
+mkdir -p "$OUTDIR"
+export IQALS_CIFAR_JPEG="${IQALS_CIFAR_JPEG:-.data/cifar10-jpeg.tar.gz}"
+BUDGET_S="${BUDGET_S:-540}"
+T0=$(date +%s)
+
+step() {  # step NAME TIMEOUT_S CMD...: run CMD with a timeout capped by the remaining budget
+  local name=$1 limit=$2; shift 2
+  local left=$(( BUDGET_S - ($(date +%s) - T0) ))
+  if (( left < 20 )); then echo "=== $name SKIPPED (budget spent)"; echo "$name skipped 0" >> "$OUTDIR/steps.txt"; return; fi
+  (( limit > left )) && limit=$left
+  echo "=== $name (timeout ${limit}s)"
+  local s=$(date +%s)
+  timeout "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name rc=$rc in $(( $(date +%s) - s ))s"
+  tail -n 60 "$OUTDIR/$name.log"
+  echo "$name $rc $(( $(date +%s) - s ))" >> "$OUTDIR/steps.txt"
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+# 1. optional offline wheels (benchmark peers); 2. the project itself (C++ extension built by CMake)
+if ls .whl/*.whl > /dev/null 2>&1; then
+  step wheels 60 "$PY" -m pip install --no-index --no-deps .whl/*.whl
+fi
+if ! step install 200 "$PY" -m pip install --no-build-isolation --no-deps -e .; then
+  echo "install failed: using the source tree (PYTHONPATH=$PWD; kernels load from ./kernels)"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$PY" -c "import iqals_fast, iqals_fast.ops.triton_backend as t; import iqals_fast.kernels as k; print('iqals_fast', iqals_fast.__file__, 'kernels', k.__file__, 'triton registered:', hasattr(t, 'supports'))"
+
+# 3. parity tests of the Triton kernels on the GPU (both dot precisions)
+step tests_triton 180 "$PY" -m pytest tests/test_triton_backend.py --device cuda -q -p no:cacheprovider -rs
+
+# 4. the benchmark (writes the JSON into $OUTDIR)
+step bench 240 "$PY" bench/gpu_bench.py --device cuda --n 50000 --out "$OUTDIR"
+
+# 5. the rest of the suite on the GPU, fast tests only
+step tests_other 120 "$PY" -m pytest tests --device cuda -q -p no:cacheprovider -m "not slow" \
+  --ignore=tests/test_triton_backend.py -x
+
+echo "=== done in $(( $(date +%s) - T0 ))s; steps (name rc seconds):"
+cat "$OUTDIR/steps.txt"
