@@ -1,0 +1,295 @@
+// Python bindings of the CPU kernels: the module iqals_fast._C.
+//
+// Only binds. Every argument is checked here and a wrong one raises TypeError or ValueError with
+// its name; the kernels then run on raw pointers with the GIL released. Arrays are numpy arrays
+// (torch CPU tensors arrive through .numpy(), see iqals_fast/ops/cpu_backend.py); constants (taps,
+// C1, C2) come from iqals_fast.config through the Python wrapper, so none is duplicated here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "distort_ssim.h"
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr int64_t kMaxOffset = int64_t(1) << 32;  // the noise counter is 32 bits
+
+std::string shape_of(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string dtype_of(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+py::array as_ndarray(const py::object& o, const char* name) {
+    if (!py::isinstance<py::array>(o)) {
+        throw py::type_error(std::string(name) + " must be a numpy array, got " +
+                             py::str(py::type::of(o).attr("__name__")).cast<std::string>());
+    }
+    return py::reinterpret_borrow<py::array>(o);
+}
+
+struct Images {
+    py::array array;
+    int64_t n;
+    int h, w;
+    const uint8_t* data() const { return static_cast<const uint8_t*>(array.data()); }
+};
+
+// uint8, N x H x W x 3, C-contiguous, H and W at least min_side. (The kernels run on any size; the
+// public API's own minimum, 8 x 8, is checked in Python where it is defined.)
+Images check_images(const py::object& o, const char* name, int min_side) {
+    py::array a = as_ndarray(o, name);
+    if (a.dtype().kind() != 'u' || a.dtype().itemsize() != 1) {
+        throw py::type_error(std::string(name) + " must have dtype uint8, got " + dtype_of(a));
+    }
+    if (a.ndim() != 4 || a.shape(3) != 3) {
+        throw py::value_error(std::string(name) + " must have shape N x H x W x 3 (RGB, channels last), got " +
+                              shape_of(a));
+    }
+    if (a.shape(1) < min_side || a.shape(2) < min_side) {
+        throw py::value_error(std::string(name) + " must be at least " + std::to_string(min_side) + " x " +
+                              std::to_string(min_side) + " pixels, got H x W = " + std::to_string(a.shape(1)) +
+                              " x " + std::to_string(a.shape(2)));
+    }
+    if (!(a.flags() & py::array::c_style)) {
+        throw py::value_error(std::string(name) + " must be C-contiguous (use numpy.ascontiguousarray)");
+    }
+    if (a.shape(1) * a.shape(2) * 3 > kMaxOffset) {
+        throw py::value_error(std::string(name) + " is too large: H * W * 3 must be at most 2**32");
+    }
+    return {a, a.shape(0), int(a.shape(1)), int(a.shape(2))};
+}
+
+// A 1-D odd-length array of finite, non-negative floats: a normalised Gaussian's taps.
+std::vector<float> check_taps(const py::object& o, const char* name) {
+    py::array a = as_ndarray(o, name);
+    if (a.dtype().kind() != 'f') throw py::type_error(std::string(name) + " must be a float array, got " + dtype_of(a));
+    if (a.ndim() != 1 || a.shape(0) % 2 == 0) {
+        throw py::value_error(std::string(name) + " must be 1-D with an odd number of taps, got shape " + shape_of(a));
+    }
+    auto d = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
+    std::vector<float> taps(size_t(a.shape(0)));
+    for (size_t k = 0; k < taps.size(); ++k) {
+        const double v = d.at(py::ssize_t(k));
+        if (!std::isfinite(v) || v < 0) {
+            throw py::value_error(std::string(name) + " must be finite and >= 0, got " + std::to_string(v));
+        }
+        taps[k] = float(v);  // as torch rounds the float64 taps to float32
+    }
+    return taps;
+}
+
+// Python scalars, parsed here so that a wrong type names its argument (and does not print the images).
+double as_real(const py::object& o, const char* name) {
+    if (py::isinstance<py::bool_>(o) || !(py::isinstance<py::int_>(o) || py::isinstance<py::float_>(o))) {
+        throw py::type_error(std::string(name) + " must be a real number, got " +
+                             py::str(py::type::of(o).attr("__name__")).cast<std::string>());
+    }
+    return o.cast<double>();
+}
+
+int64_t as_int(const py::object& o, const char* name) {
+    if (py::isinstance<py::bool_>(o) || !py::isinstance<py::int_>(o)) {
+        throw py::type_error(std::string(name) + " must be an integer, got " +
+                             py::str(py::type::of(o).attr("__name__")).cast<std::string>());
+    }
+    const py::int_ lo(-(int64_t(1) << 62)), hi(int64_t(1) << 62);
+    if (o < lo || o >= hi) throw py::value_error(std::string(name) + " is out of range: " + py::str(o).cast<std::string>());
+    return o.cast<int64_t>();
+}
+
+float check_positive(double v, const char* name) {
+    if (!std::isfinite(v) || v <= 0) throw py::value_error(std::string(name) + " must be finite and > 0, got " + std::to_string(v));
+    return float(v);
+}
+
+uint32_t check_u32(const py::object& o, const char* name) {
+    const int64_t v = as_int(o, name);
+    if (v < 0 || v >= kMaxOffset) throw py::value_error(std::string(name) + " must lie in [0, 2**32), got " + std::to_string(v));
+    return uint32_t(v);
+}
+
+// The kernels of instruction set `isa` ("best": the best this CPU runs).
+const iqals::Kernels& kernels(const std::string& isa) {
+    static const std::vector<const iqals::Kernels*> available = iqals::available_kernels();
+    if (isa == "best") return *available.front();
+    std::string names;
+    for (const iqals::Kernels* k : available) {
+        if (isa == k->isa) return *k;
+        names += std::string(names.empty() ? "" : ", ") + k->isa;
+    }
+    throw py::value_error("isa must be 'best' or one this CPU runs (" + names + "), got '" + isa + "'");
+}
+
+int check_threads(const py::object& o) {
+    const int64_t threads = as_int(o, "threads");
+    if (threads < 0 || threads > 4096) throw py::value_error("threads must lie in [0, 4096] (0 = OpenMP's default), got " + std::to_string(threads));
+    return int(threads);
+}
+
+iqals::SSIMWindow ssim_window(const std::vector<float>& taps, const py::object& c1, const py::object& c2) {
+    iqals::SSIMWindow win;
+    win.taps = {taps.data(), int(taps.size())};
+    win.c1 = check_positive(as_real(c1, "c1"), "c1");
+    win.c2 = check_positive(as_real(c2, "c2"), "c2");
+    return win;
+}
+
+void check_fits_window(const Images& im, const char* name, int win) {
+    if (im.h < win || im.w < win) {
+        throw py::value_error(std::string("SSIM needs images of at least ") + std::to_string(win) + " x " +
+                              std::to_string(win) + " pixels (its window); " + name + " is H x W = " +
+                              std::to_string(im.h) + " x " + std::to_string(im.w));
+    }
+}
+
+py::tuple distort_score(const py::object& images, const py::object& blur_taps, const py::object& noise_var,
+                        const py::object& seed, const py::object& ids, const py::object& ssim_taps,
+                        const py::object& c1, const py::object& c2, const py::object& threads_arg,
+                        const std::string& isa) {
+    const iqals::Kernels& k = kernels(isa);
+    const Images im = check_images(images, "images", 1);
+    const int threads = check_threads(threads_arg);
+
+    std::vector<float> blur;
+    if (!blur_taps.is_none()) blur = check_taps(blur_taps, "blur_taps");
+
+    iqals::Noise noise;
+    std::vector<int64_t> id_values;
+    py::array_t<int64_t> id_array;
+    if (!noise_var.is_none()) {
+        const double var = as_real(noise_var, "noise_var");
+        if (!std::isfinite(var) || var < 0) throw py::value_error("noise_var must be finite and >= 0, got " + std::to_string(var));
+        noise.on = var > 0;  // variance 0 adds exactly nothing
+        noise.std = float(std::sqrt(var));
+    }
+    noise.seed = check_u32(seed, "seed");
+    if (ids.is_none()) {
+        id_values.resize(size_t(im.n));
+        for (int64_t i = 0; i < im.n; ++i) id_values[size_t(i)] = i;
+    } else {
+        py::array a = as_ndarray(ids, "ids");
+        if (a.dtype().kind() != 'i' && a.dtype().kind() != 'u') {
+            throw py::type_error("ids must be an integer array, got " + dtype_of(a));
+        }
+        if (a.ndim() != 1 || a.shape(0) != im.n) {
+            throw py::value_error("ids must be 1-D with one id per image (" + std::to_string(im.n) + "), got shape " + shape_of(a));
+        }
+        id_array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+        id_values.assign(id_array.data(), id_array.data() + im.n);
+        for (int64_t v : id_values) {
+            if (v < 0 || v >= kMaxOffset) throw py::value_error("ids must lie in [0, 2**32), got " + std::to_string(v));
+        }
+    }
+    noise.ids = id_values.data();
+
+    std::vector<float> win_taps;
+    iqals::SSIMWindow window;
+    const bool score = !ssim_taps.is_none();
+    if (score) {
+        win_taps = check_taps(ssim_taps, "ssim_taps");
+        window = ssim_window(win_taps, c1, c2);
+        check_fits_window(im, "images", window.taps.n);
+    }
+
+    py::array_t<uint8_t> out({im.n, py::ssize_t(im.h), py::ssize_t(im.w), py::ssize_t(3)});
+    py::object scores = py::none();
+    float* score_ptr = nullptr;
+    if (score) {
+        py::array_t<float> s(im.n);
+        score_ptr = s.mutable_data();
+        scores = s;
+    }
+    {
+        const iqals::Taps blur_t{blur.data(), int(blur.size())};
+        uint8_t* out_ptr = out.mutable_data();
+        py::gil_scoped_release release;
+        k.distort_score(im.data(), im.n, im.h, im.w, blur_t, noise, window, out_ptr, score_ptr, threads);
+    }
+    return py::make_tuple(out, scores);
+}
+
+py::array_t<float> ssim(const py::object& reference, const py::object& distorted, const py::object& taps,
+                        const py::object& c1, const py::object& c2, const py::object& threads_arg,
+                        const std::string& isa) {
+    const iqals::Kernels& k = kernels(isa);
+    const Images x = check_images(reference, "reference", 1);
+    const Images y = check_images(distorted, "distorted", 1);
+    if (x.n != y.n || x.h != y.h || x.w != y.w) {
+        throw py::value_error("reference and distorted must have the same shape, got " + shape_of(x.array) + " and " +
+                              shape_of(y.array));
+    }
+    const int threads = check_threads(threads_arg);
+    const std::vector<float> t = check_taps(taps, "taps");
+    const iqals::SSIMWindow window = ssim_window(t, c1, c2);
+    check_fits_window(x, "reference", window.taps.n);
+    py::array_t<float> scores(x.n);
+    float* s = scores.mutable_data();
+    {
+        py::gil_scoped_release release;
+        k.ssim(x.data(), y.data(), x.n, x.h, x.w, window, s, threads);
+    }
+    return scores;
+}
+
+py::tuple philox(const py::object& counters, const py::object& id, const py::object& seed, const std::string& isa) {
+    py::array a = as_ndarray(counters, "counters");
+    if (a.dtype().kind() != 'u' || a.dtype().itemsize() != 4 || a.ndim() != 1) {
+        throw py::type_error("counters must be a 1-D uint32 array, got " + dtype_of(a) + " " + shape_of(a));
+    }
+    auto c = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    py::array_t<uint32_t> w0(a.shape(0)), w1(a.shape(0));
+    kernels(isa).philox(c.data(), a.shape(0), check_u32(id, "id"), check_u32(seed, "seed"), w0.mutable_data(),
+                  w1.mutable_data());
+    return py::make_tuple(w0, w1);
+}
+
+py::array_t<float> normals(const py::object& seed, const py::object& id, const py::object& first_arg,
+                           const py::object& count_arg, const std::string& isa) {
+    const int64_t first = as_int(first_arg, "first"), count = as_int(count_arg, "count");
+    if (count < 0 || first < 0 || first + count > kMaxOffset) {
+        throw py::value_error("need 0 <= first and first + count <= 2**32, got first=" + std::to_string(first) +
+                              ", count=" + std::to_string(count));
+    }
+    py::array_t<float> z(count);
+    kernels(isa).normals(uint32_t(first), count, check_u32(id, "id"), check_u32(seed, "seed"), z.mutable_data());
+    return z;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "iqals-fast CPU kernels (C++ / OpenMP). Use them through iqals_fast (backend='cpu').";
+    m.def("distort_score", &distort_score, py::arg("images"), py::kw_only(), py::arg("blur_taps") = py::none(),
+          py::arg("noise_var") = py::none(), py::arg("seed") = 0, py::arg("ids") = py::none(),
+          py::arg("ssim_taps") = py::none(), py::arg("c1") = py::none(), py::arg("c2") = py::none(),
+          py::arg("threads") = 0, py::arg("isa") = "best",
+          "Blur (blur_taps, edge pixels replicated), add noise (noise_var, keyed by (ids[i], seed)), round to\n"
+          "uint8; with ssim_taps also score SSIM(images, distorted) with constants c1, c2.\n"
+          "images: C-contiguous uint8 N x H x W x 3, H, W >= 8. Returns (uint8 images, float32 (N,) or None).");
+    m.def("ssim", &ssim, py::arg("reference"), py::arg("distorted"), py::kw_only(), py::arg("taps"), py::arg("c1"),
+          py::arg("c2"), py::arg("threads") = 0, py::arg("isa") = "best",
+          "Per-image SSIM (float32 (N,)) of C-contiguous uint8 N x H x W x 3 images, H, W >= len(taps).");
+    m.def("philox", &philox, py::arg("counters"), py::arg("id"), py::arg("seed"), py::arg("isa") = "best",
+          "Test hook: words 0 and 1 of Philox4x32-10 of counters (c, 0, 0, 0), key (id, seed).");
+    m.def("normals", &normals, py::arg("seed"), py::arg("id"), py::arg("first"), py::arg("count"),
+          py::arg("isa") = "best",
+          "Test hook: the noise scheme's standard normals of offsets first .. first + count - 1.");
+    m.def("max_threads", [](const py::object& requested) { return iqals::thread_count(check_threads(requested)); }, py::arg("requested") = 0,
+          "Threads a kernel call uses for threads=requested (0 = OpenMP's default).");
+    m.def("isas", [] {
+            py::list names;
+            for (const iqals::Kernels* k : iqals::available_kernels()) names.append(k->isa);
+            return names;
+        },
+        "Instruction sets of the kernels built into this module that this CPU runs, best first (the\n"
+        "first is used by default; every one computes the same bits).");
+}

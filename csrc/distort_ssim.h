@@ -1,0 +1,66 @@
+// CPU kernels of iqals-fast on raw pointers: blur + noise + round to uint8 + SSIM, fused per image,
+// and SSIM alone. Images are uint8 N x H x W x 3, C-contiguous; every check on shapes and values
+// happens in bindings.cpp before these run. The maths is the torch backend's
+// (iqals_fast/ops/torch_backend.py), the noise the scheme of iqals_fast/ops/noise.py.
+//
+// Work is split over images with OpenMP; each image is computed by one thread from its own data
+// and id, so results are identical for any thread count and any batch split. Memory beyond the
+// outputs is one scratch area per thread, sized for one image.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace iqals {
+
+// A normalised odd-length 1-D Gaussian, float32 taps (the float64 taps of config.gaussian_taps,
+// rounded as torch rounds them).
+struct Taps {
+    const float* w = nullptr;
+    int n = 0;  // 2 * radius + 1; 0 = no filter
+};
+
+// SSIM of Wang et al. as config.SSIMConfig defines it: the window's taps, C1 and C2.
+struct SSIMWindow {
+    Taps taps;
+    float c1 = 0.f;
+    float c2 = 0.f;
+};
+
+// White Gaussian noise of standard deviation `std` on the [0, 1] scale, keyed by (ids[i], seed).
+struct Noise {
+    bool on = false;
+    float std = 0.f;
+    uint32_t seed = 0;
+    const int64_t* ids = nullptr;  // one per image, each in [0, 2^32)
+};
+
+// The kernels of one instruction set. distort_ssim.cpp is compiled once per instruction set
+// (CMakeLists.txt), each copy in its own namespace, and exports one Kernels table; isa.cpp picks
+// the best one this CPU runs. All tables compute the same bits.
+struct Kernels {
+    const char* isa;
+
+    // out[i] = round(clip(blur(x_i) + std * z_i, 0, 1) * 255), x_i = images[i] / 255, half to even;
+    // blur (if blur.n > 0) replicates edge pixels; scores[i] = SSIM(images[i], out[i]) if scores.
+    void (*distort_score)(const uint8_t* images, int64_t n, int h, int w, const Taps& blur, const Noise& noise,
+                          const SSIMWindow& window, uint8_t* out, float* scores, int threads);
+
+    // scores[i] = SSIM(x[i], y[i]): the mean over channels and the valid (H-win+1) x (W-win+1) map.
+    void (*ssim)(const uint8_t* x, const uint8_t* y, int64_t n, int h, int w, const SSIMWindow& window,
+                 float* scores, int threads);
+
+    // Test hooks on the noise scheme: Philox words of arbitrary counters, and the normals of
+    // `count` consecutive offsets starting at `first`, for one (id, seed).
+    void (*philox)(const uint32_t* counters, int64_t count, uint32_t id, uint32_t seed, uint32_t* w0,
+                   uint32_t* w1);
+    void (*normals)(uint32_t first, int64_t count, uint32_t id, uint32_t seed, float* z);
+};
+
+// The instruction sets built into this module that this CPU runs, best first.
+std::vector<const Kernels*> available_kernels();
+
+// Threads a kernel call uses for `requested` (0 = OpenMP's default).
+int thread_count(int requested);
+
+}  // namespace iqals

@@ -1,0 +1,81 @@
+// Blocks of 16 float32 lanes as GCC/Clang vector extensions: one AVX-512 register, two AVX2 ones or
+// four SSE2 ones, whichever instruction set the translation unit is compiled for. The kernels are
+// written once on these types and compiled once per instruction set (CMakeLists.txt), each copy in
+// its own namespace iqals::IQALS_ISA; all copies compute the same bits: + - * / sqrt are IEEE
+// operations lane by lane and nothing is contracted into FMAs (-ffp-contract=off).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#ifndef IQALS_ISA
+#define IQALS_ISA generic  // set by CMakeLists.txt: sse2, avx2, avx512 or native
+#endif
+
+namespace iqals {
+namespace IQALS_ISA {
+namespace simd {
+
+constexpr int L = 16;  // lanes per block
+
+typedef float F __attribute__((vector_size(4 * L)));
+typedef int32_t I __attribute__((vector_size(4 * L)));
+typedef uint32_t U __attribute__((vector_size(4 * L)));
+typedef uint8_t B __attribute__((vector_size(L)));
+
+inline F load(const float* p) {
+    F v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline void store(float* p, F v) { std::memcpy(p, &v, sizeof v); }
+
+inline U load(const uint32_t* p) {
+    U v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline F splat(float x) { return F{} + x; }
+
+// The first min(count, L) bytes at p, the rest zero: never reads past the end of an image.
+inline B load_bytes(const uint8_t* p, int64_t count) {
+    B v{};
+    if (count >= L) {
+        std::memcpy(&v, p, L);  // the common case: one vector load
+    } else {
+        std::memcpy(&v, p, size_t(count));
+    }
+    return v;
+}
+
+// Stores the first min(count, L) bytes of v at p.
+inline void store_bytes(uint8_t* p, B v, int64_t count) {
+    if (count >= L) {
+        std::memcpy(p, &v, L);
+    } else {
+        std::memcpy(p, &v, size_t(count));
+    }
+}
+
+inline F to_float(B v) { return __builtin_convertvector(v, F); }
+
+// Bit reinterpretations and a lane-wise select (mask lanes are all ones or all zeros).
+inline I bits(F v) { return (I)v; }
+inline F from_bits(I v) { return (F)v; }
+inline F select(I mask, F a, F b) { return from_bits((mask & bits(a)) | (~mask & bits(b))); }
+inline I select(I mask, I a, I b) { return (mask & a) | (~mask & b); }
+
+inline F min(F a, F b) { return select(a < b, a, b); }
+inline F max(F a, F b) { return select(a > b, a, b); }
+
+inline float sum(F v) {
+    float s = 0.0f;
+    for (int l = 0; l < L; ++l) s += v[l];
+    return s;
+}
+
+}  // namespace simd
+}  // namespace IQALS_ISA
+}  // namespace iqals
