@@ -1,46 +1,48 @@
-"""Separable Gaussian filtering of image planes in plain PyTorch (the reference backend's core)."""
+"""Separable Gaussian filtering of image planes in plain PyTorch (the reference backend's core).
+
+A separable filter along one axis of length L is a matrix: ``y = A x`` with A banded. The border
+rule is folded into A ("nearest": taps that fall outside are added to the edge pixel's column;
+"valid": only the L - 2r rows whose window lies inside). Filtering a batch of H x W planes is then
+two batched matmuls, ``A_h @ X @ A_w^T``, which BLAS runs far faster than a 1-channel conv2d.
+"""
 
 from __future__ import annotations
 
 import functools
 
 import torch
-import torch.nn.functional as F
 
 from ..config import gaussian_taps
 
 
-@functools.lru_cache(maxsize=64)
-def _taps(sigma: float, truncate: float, dtype: torch.dtype, device: str) -> torch.Tensor:
-    return torch.tensor(gaussian_taps(sigma, truncate), dtype=torch.float64).to(dtype=dtype, device=device)
+@functools.lru_cache(maxsize=128)
+def band_matrix(sigma: float, truncate: float, length: int, mode: str, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """The (out x length) matrix of a 1-D Gaussian filter with the border rule folded in."""
+    taps = gaussian_taps(sigma, truncate)
+    r = (len(taps) - 1) // 2
+    if mode == "nearest":
+        rows = range(length)
+    elif mode == "valid":
+        if length < 2 * r + 1:
+            raise ValueError(f"a valid {2 * r + 1}-tap filter needs at least {2 * r + 1} pixels, got {length}")
+        rows = range(r, length - r)
+    else:
+        raise ValueError(f"mode must be 'nearest' or 'valid', got {mode!r}")
+    a = torch.zeros(len(rows), length, dtype=torch.float64)
+    for i, c in enumerate(rows):
+        for k, w in enumerate(taps):
+            a[i, min(max(c + k - r, 0), length - 1)] += w
+    return a.to(dtype=dtype, device=device)
 
 
 def planes(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 N x H x W x C -> dtype (N*C) x 1 x H x W on the [0, 1] scale."""
-    n, h, w, c = images.shape
-    return (images.permute(0, 3, 1, 2).reshape(n * c, 1, h, w).to(dtype)) / 255.0
-
-
-def unplanes(x: torch.Tensor, n: int, c: int) -> torch.Tensor:
-    """(N*C) x 1 x H x W -> N x H x W x C."""
-    _, _, h, w = x.shape
-    return x.reshape(n, c, h, w).permute(0, 2, 3, 1)
+    """uint8 N x H x W x C -> dtype N x C x H x W on the [0, 1] scale."""
+    return images.permute(0, 3, 1, 2).to(dtype) / 255.0
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float, mode: str) -> torch.Tensor:
-    """Separable Gaussian filter of B x P x H x W planes.
-
-    mode "nearest": borders replicate the edge pixel (scipy's mode="nearest"), output H x W.
-    mode "valid": only window positions wholly inside the plane, output (H-2r) x (W-2r).
-    """
-    k = _taps(float(sigma), float(truncate), x.dtype, str(x.device))
-    r = (k.numel() - 1) // 2
-    b, p, h, w = x.shape
-    y = x.reshape(b * p, 1, h, w)
-    if mode == "nearest":
-        y = F.pad(y, (r, r, r, r), mode="replicate")
-    elif mode != "valid":
-        raise ValueError(f"mode must be 'nearest' or 'valid', got {mode!r}")
-    y = F.conv2d(y, k.view(1, 1, 1, -1))
-    y = F.conv2d(y, k.view(1, 1, -1, 1))
-    return y.reshape(b, p, y.shape[-2], y.shape[-1])
+    """Separable Gaussian filter of ... x H x W planes (see the module docstring for ``mode``)."""
+    h, w = x.shape[-2:]
+    ah = band_matrix(float(sigma), float(truncate), h, mode, x.dtype, str(x.device))
+    aw = band_matrix(float(sigma), float(truncate), w, mode, x.dtype, str(x.device))
+    return ah @ x @ aw.T

@@ -36,37 +36,27 @@ _M32 = 0xFFFFFFFF
 
 
 def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32 bits of the 64-bit product a * b, for a constant a and uint32s in int64.
+    """High and low 32 bits of the 64-bit product a * b, for a constant a and uint32s held in int64.
 
-    int64 holds only 63 bits, so b is split into 16-bit halves: a * b_hi and a * b_lo fit in 48.
+    a * b < 2**64 does not fit a signed int64, but the multiplication wraps modulo 2**64 (two's
+    complement), so its 64 bits are exactly those of the unsigned product; the shifts and masks
+    read them back. (tests/test_noise.py checks this against Python's exact integers.)
     """
-    b_hi = b >> 16
-    b_lo = b & 0xFFFF
-    p_hi = a * b_hi  # < 2**48
-    p_lo = a * b_lo  # < 2**48
-    hi = (p_hi + (p_lo >> 16)) >> 16
-    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & _M32
-    return hi, lo
+    p = b * a
+    return (p >> 32) & _M32, p & _M32
 
 
-def philox4x32(c0: torch.Tensor, k0: torch.Tensor, k1: torch.Tensor, rounds: int = PHILOX_ROUNDS):
-    """Philox4x32 on counters (c0, 0, 0, 0) and keys (k0, k1): int64 tensors holding uint32 values.
-
-    Returns the first two output words (the ones Box-Muller consumes), as int64 in [0, 2**32).
-    """
-    c0 = c0.to(torch.int64)
-    c1 = torch.zeros_like(c0)
-    c2 = torch.zeros_like(c0)
-    c3 = torch.zeros_like(c0)
-    k0 = k0.to(torch.int64)
-    k1 = k1.to(torch.int64)
+def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = PHILOX_ROUNDS):
+    """Philox4x32 (Salmon et al. 2011) on counters (c0..c3) and keys (k0, k1): int64 tensors
+    holding uint32 values (broadcastable). Returns the four output words, int64 in [0, 2**32)."""
+    c0, c1, c2, c3, k0, k1 = (torch.as_tensor(v, dtype=torch.int64) for v in (c0, c1, c2, c3, k0, k1))
     for _ in range(rounds):
         hi_b, lo_b = _mulhilo(PHILOX_ROUND_B, c2)
         hi_a, lo_a = _mulhilo(PHILOX_ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0 = (k0 + PHILOX_KEY_A) & _M32
         k1 = (k1 + PHILOX_KEY_B) & _M32
-    return c0, c1
+    return c0, c1, c2, c3
 
 
 def uint_to_uniform(x: torch.Tensor) -> torch.Tensor:
@@ -104,8 +94,7 @@ def normals(seed: int, ids: torch.Tensor, h: int, w: int, c: int = 3) -> torch.T
     """The standard normals of the scheme for images ``ids``: float32 N x H x W x C."""
     n = ids.numel()
     offset = torch.arange(h * w * c, dtype=torch.int64, device=ids.device)
-    k0 = ids.to(torch.int64).view(n, 1).expand(n, h * w * c)
-    k1 = torch.full_like(k0, seed)
-    i1, i2 = philox4x32(offset.expand(n, -1), k0, k1)
+    k0 = ids.to(torch.int64).view(n, 1)
+    i1, i2, _, _ = philox4x32(offset.view(1, -1), 0, 0, 0, k0, seed)
     z = box_muller(uint_to_uniform(i1), uint_to_uniform(i2))
     return z.view(n, h, w, c)

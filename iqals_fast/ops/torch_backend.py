@@ -17,23 +17,24 @@ from PIL import Image
 from ..config import BLUR_TRUNCATE, SSIM
 from . import dispatch
 from ._images import to_uint8
-from .filters import gaussian_blur, planes, unplanes
+from .filters import gaussian_blur, planes
 from .noise import normals
 
 
+CHUNK = 512  # images per step: keeps the float temporaries cache-sized on CPU
+
+
 def ssim_planes(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of B x P x H x W planes on the [0, 1] scale -> B (mean over planes and the crop).
+    """Mean SSIM of N x C x H x W planes on the [0, 1] scale -> N (mean over channels and the crop).
 
     Only window positions wholly inside the image enter the mean (skimage crops (win-1)/2 pixels
     from each side), so a "valid" filter is exact. The five moments are filtered as one stack.
     Values are shifted by -0.5 first: the (co)variances are shift invariant and the float32
     cancellation in E[x^2] - E[x]^2 shrinks fourfold.
     """
-    b, p, h, w = x.shape
     xs, ys = x - 0.5, y - 0.5
-    stack = torch.stack([xs, ys, xs * xs, ys * ys, xs * ys], dim=2).reshape(b, p * 5, h, w)
-    m = gaussian_blur(stack, SSIM.sigma, SSIM.truncate, mode="valid").reshape(b, p, 5, h - 2 * SSIM.radius, -1)
-    mx, my, mxx, myy, mxy = m.unbind(2)
+    m = gaussian_blur(torch.stack([xs, ys, xs * xs, ys * ys, xs * ys]), SSIM.sigma, SSIM.truncate, mode="valid")
+    mx, my, mxx, myy, mxy = m.unbind(0)
     vx, vy, vxy = mxx - mx * mx, myy - my * my, mxy - mx * my
     ux, uy = mx + 0.5, my + 0.5
     c1, c2 = SSIM.c1, SSIM.c2
@@ -42,21 +43,29 @@ def ssim_planes(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(reference: torch.Tensor, distorted: torch.Tensor) -> torch.Tensor:
-    x = planes(reference, torch.float32).reshape(reference.shape[0], 3, *reference.shape[1:3])
-    y = planes(distorted, torch.float32).reshape(distorted.shape[0], 3, *distorted.shape[1:3])
-    return ssim_planes(x, y).to(torch.float32)
+    out = torch.empty(reference.shape[0], dtype=torch.float32, device=reference.device)
+    for i in range(0, reference.shape[0], CHUNK):
+        sl = slice(i, i + CHUNK)
+        out[sl] = ssim_planes(planes(reference[sl], torch.float32), planes(distorted[sl], torch.float32))
+    return out
+
+
+def _distort(images, sigma, var, seed, ids):
+    n, h, w, c = images.shape
+    y = planes(images, torch.float32)
+    if sigma is not None:
+        y = gaussian_blur(y, sigma, BLUR_TRUNCATE, mode="nearest")
+    y = y.permute(0, 2, 3, 1)
+    if var is not None:
+        y = y + float(var) ** 0.5 * normals(seed, ids, h, w, c)
+    return to_uint8(y)
 
 
 def distort_score(images, sigma, var, seed, ids, score):
-    n, h, w, c = images.shape
-    x = planes(images, torch.float32)
-    y = x
-    if sigma is not None:
-        y = gaussian_blur(y, sigma, BLUR_TRUNCATE, mode="nearest")
-    y = unplanes(y, n, c)
-    if var is not None:
-        y = y + float(var) ** 0.5 * normals(seed, ids, h, w, c)
-    out = to_uint8(y)
+    out = torch.empty_like(images, memory_format=torch.contiguous_format)
+    for i in range(0, images.shape[0], CHUNK):
+        sl = slice(i, i + CHUNK)
+        out[sl] = _distort(images[sl], sigma, var, seed, ids[sl])
     return out, (ssim(images, out) if score else None)
 
 
@@ -79,7 +88,9 @@ def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
 def soft_label_mse(logits: torch.Tensor, labels: torch.Tensor, on_true: torch.Tensor) -> torch.Tensor:
     """Eq. 1 with the Eq. 2 target: mean over the batch of sum_k (softmax(z)_k - q_k)^2."""
     k = logits.shape[1]
-    p = torch.softmax(logits.float(), dim=1)
+    # half-precision logits are promoted; float32 and float64 keep their precision
+    p = torch.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=1)
+    on_true = on_true.to(p.dtype)
     off = (1.0 - on_true) / (k - 1)
     q = off[:, None].expand(-1, k).clone()
     q.scatter_(1, labels[:, None].long(), on_true[:, None])

@@ -1,0 +1,154 @@
+"""``iqals-fast``: train, evaluate and report the strategies of Table 2.
+
+    iqals-fast train --strategy 9 --data ../shared/data/cifar10-jpeg.tar.gz --epochs 1 --train-subset 2000
+    iqals-fast eval runs/strategy9-seed0
+    iqals-fast table runs/*
+    iqals-fast figures runs/*
+    iqals-fast distort --data synthetic --kind blur --level 3 --out distorted/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import KINDS, STRATEGIES
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _strategy(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        v = None
+    if v not in STRATEGIES:
+        names = ", ".join(f"{k}={v.name}" for k, v in STRATEGIES.items())
+        raise argparse.ArgumentTypeError(f"unknown strategy {s!r}; choose 1-9 ({names})")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iqals-fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one strategy of Table 2")
+    t.add_argument("--strategy", type=_strategy, default=9, help="1-9, Table 2's rows (default 9: MIX_all3 + IQA-LS)")
+    t.add_argument("--data", default="cifar10", help="cifar10 | synthetic | dir or .tar.gz of CIFAR batches or class folders")
+    t.add_argument("--epochs", type=_positive_int, default=2000, help="epochs (lr steps scale with it; paper: 2000)")
+    t.add_argument("--train-subset", type=_positive_int, default=None, help="train on a class-balanced subset of N images")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    t.add_argument("--backend", default="auto", help="distortion/SSIM/loss backend: auto, torch, cpu, triton")
+    t.add_argument("--transform", default="identity", help="IQA-LS transform T: identity | power:G | affine:A")
+    t.add_argument("--batch-size", type=_positive_int, default=100)
+    t.add_argument("--out", default=None, help="run directory (default runs/strategy<N>-seed<S>)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="test runs on the pristine and nine distorted test sets (writes RUN/eval.json)")
+    e.add_argument("runs", nargs="+", type=Path)
+    e.add_argument("--data", default=None, help="test data (default: the run's training data source)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--backend", default="auto")
+
+    tb = sub.add_parser("table", help="Table 2 from evaluated runs (Markdown; CSV with --out)")
+    tb.add_argument("runs", nargs="+", type=Path)
+    tb.add_argument("--paper", default=None, help="CSV of the paper's numbers: strategy,test_set,accuracy")
+    tb.add_argument("--out", type=Path, default=None, help="also write table2.md and table2.csv here")
+
+    f = sub.add_parser("figures", help="Figure 3 and Figure 4 (PNG) from evaluated runs")
+    f.add_argument("runs", nargs="+", type=Path)
+    f.add_argument("--out", type=Path, default=Path("figures"))
+    f.add_argument("--data", default=None)
+    f.add_argument("--device", default="cpu")
+
+    d = sub.add_parser("distort", help="write distorted copies of images to disk (PNG) to look at")
+    d.add_argument("--data", default="cifar10")
+    d.add_argument("--split", choices=("train", "test"), default="test")
+    d.add_argument("--kind", choices=KINDS + ("all",), default="all")
+    d.add_argument("--level", type=int, choices=(1, 2, 3), default=None, help="default: all three")
+    d.add_argument("-n", type=_positive_int, default=16, help="number of images")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", type=Path, default=Path("distorted"))
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"iqals-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    if args.command == "train":
+        from .train import TrainConfig, train
+
+        cfg = TrainConfig(strategy=args.strategy, data=args.data, epochs=args.epochs, train_subset=args.train_subset,
+                          seed=args.seed, device=args.device, backend=args.backend, transform=args.transform,
+                          batch_size=args.batch_size, out=args.out)
+        run = train(cfg, resume=args.resume, progress=not args.no_progress)
+        print(f"trained: {run}  (next: iqals-fast eval {run})")
+    elif args.command == "eval":
+        from .evaluate import evaluate
+
+        for r in args.runs:
+            res = evaluate(r, data=args.data, device=args.device, backend=args.backend)
+            accs = "  ".join(f"{k} {100 * v['accuracy']:.2f}" for k, v in res["results"].items())
+            print(f"{r}: {accs}")
+    elif args.command == "table":
+        from .report import table
+
+        print(table(args.runs, args.paper, args.out), end="")
+    elif args.command == "figures":
+        from .report import figure3, figure4
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(figure3(args.runs, args.out))
+        print(figure4(args.runs, args.out, data=args.data, device=args.device))
+    elif args.command == "distort":
+        _distort(args)
+    return 0
+
+
+def _distort(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from .data.sources import load
+    from .ops.api import distort_and_score
+
+    ds = load(args.data)
+    x = (ds.test_x if args.split == "test" else ds.train_x)[: args.n]
+    ids = np.arange(len(x))
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [x]
+    for i, im in enumerate(x):
+        Image.fromarray(im).save(args.out / f"{i:04d}_pristine.png")
+    for kind in KINDS if args.kind == "all" else (args.kind,):
+        for lvl in (1, 2, 3) if args.level is None else (args.level,):
+            y, s = distort_and_score(x, kind, lvl, seed=args.seed, ids=ids)
+            rows.append(y)
+            for i, im in enumerate(y):
+                Image.fromarray(im).save(args.out / f"{i:04d}_{kind}{lvl}_ssim{s[i]:.3f}.png")
+    sheet = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    Image.fromarray(sheet).resize((sheet.shape[1] * 3, sheet.shape[0] * 3), Image.NEAREST).save(args.out / "sheet.png")
+    print(f"wrote {len(rows) * len(x)} images and sheet.png (rows: pristine, then each kind and level) to {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The epoch's mixture: which training images are pristine and which are distorted, how and how much.
+
+Each epoch draws, from (seed, epoch) alone, a fresh assignment of the training images to pristine /
+level 1 / level 2 / level 3 in exact proportions (60/15/15/10 by default); with several kinds
+(MIX_all3) each level's images are split between the kinds as evenly as possible, at random. The
+noise of an epoch is keyed by a 32-bit seed derived from (seed, epoch), so a resumed run draws the
+same noise as an uninterrupted one, and every image's noise depends only on its dataset index.
+
+Blur and JPEG are deterministic, so their distorted images and SSIM scores are computed once per
+(kind, level) for the whole training set and reused every epoch (``DistortionCache``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import KINDS, LEVELS, MIXTURE
+from ..ops.api import distort_and_score
+
+
+def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(stream)]))
+
+
+def noise_seed(seed: int, epoch: int) -> int:
+    """The 32-bit noise seed of one epoch (test sets use ``epoch = -1``, see evaluate.py)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch) + 1, 0x0015E]).generate_state(1)[0])
+
+
+@dataclass
+class EpochPlan:
+    level: np.ndarray  # int8 N: 0 pristine, 1-3 distortion level
+    kind: np.ndarray  # int8 N: index into KINDS, -1 for pristine
+    noise_seed: int
+
+
+def counts(n: int, mixture=MIXTURE) -> list[int]:
+    """Exact counts per level summing to n: floor for the distorted levels, the rest pristine."""
+    if abs(sum(mixture) - 1.0) > 1e-9 or any(m < 0 for m in mixture):
+        raise ValueError(f"mixture must be 4 non-negative shares summing to 1, got {mixture}")
+    lv = [int(np.floor(n * m + 1e-9)) for m in mixture[1:]]
+    return [n - sum(lv), *lv]
+
+
+def epoch_plan(n: int, kinds: tuple[str, ...], seed: int, epoch: int, mixture=MIXTURE) -> EpochPlan:
+    level = np.zeros(n, np.int8)
+    kind = np.full(n, -1, np.int8)
+    if kinds:
+        rng = _rng(seed, epoch, 1)
+        order = rng.permutation(n)
+        c = counts(n, mixture)
+        start = c[0]
+        for lvl in (1, 2, 3):
+            idx = order[start:start + c[lvl]]
+            start += c[lvl]
+            level[idx] = lvl
+            ks = np.array([KINDS.index(k) for k in kinds], np.int8)
+            kind[idx] = rng.permutation(np.resize(ks, len(idx)))
+    return EpochPlan(level, kind, noise_seed(seed, epoch))
+
+
+class DistortionCache:
+    """Distorted copies and SSIM scores of a fixed image set, per (kind, level), computed on demand.
+
+    Deterministic kinds (blur, JPEG) are computed once for all images and kept; noise is computed
+    for the requested images with the requested seed every time.
+    """
+
+    def __init__(self, images: np.ndarray, backend: str = "auto", levels=LEVELS):
+        self.images = images
+        self.backend = backend
+        self.levels = levels
+        self._fixed: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, kind: str, level: int, idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        if kind == "noise":
+            return distort_and_score(self.images[idx], kind, param=self.levels.param(kind, level), seed=seed,
+                                     ids=idx.astype(np.int64), backend=self.backend)
+        key = (kind, level)
+        if key not in self._fixed:
+            self._fixed[key] = distort_and_score(self.images, kind, param=self.levels.param(kind, level),
+                                                 backend=self.backend)
+        x, s = self._fixed[key]
+        return x[idx], s[idx]
+
+
+def epoch_data(cache: DistortionCache, plan: EpochPlan) -> tuple[np.ndarray, np.ndarray]:
+    """The epoch's training images (uint8, pristine where planned) and their SSIM scores (1 if pristine)."""
+    x = cache.images.copy()
+    s = np.ones(len(x), np.float32)
+    for ki, k in enumerate(KINDS):
+        for lvl in (1, 2, 3):
+            idx = np.flatnonzero((plan.kind == ki) & (plan.level == lvl))
+            if len(idx):
+                x[idx], s[idx] = cache.get(k, lvl, idx, plan.noise_seed)
+    return x, s
+
+
+def as_tensor(x) -> torch.Tensor:
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x

@@ -1,0 +1,337 @@
+"""Datasets: the official CIFAR-10 python archive, CIFAR batches, class folders of images, synthetic.
+
+Every source yields a :class:`Dataset` of uint8 N x H x W x 3 arrays. Decoding happens once: the
+decoded arrays are cached as an ``.npz`` keyed by the source's checksum, so a second run does not
+decode again. Any problem with the input (missing split, empty class, corrupt image, wrong layout)
+raises :class:`DataError` naming the file or folder at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """The data given cannot be used; the message names the file, folder or option at fault."""
+
+
+@dataclass
+class Dataset:
+    train_x: np.ndarray  # uint8 N x H x W x 3
+    train_y: np.ndarray  # int64 N
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: tuple[str, ...]
+    source: str
+    checksum: str  # sha256 of the source archive (or of the folder listing and contents)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, n: int | None, seed: int = 0) -> Dataset:
+        """The first ``n`` training images of a fixed class-balanced shuffle (test set unchanged)."""
+        if n is None or n >= len(self.train_y):
+            return self
+        if n < self.num_classes:
+            raise DataError(f"--train-subset {n} is smaller than the number of classes ({self.num_classes})")
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B5E7]))
+        order = rng.permutation(len(self.train_y))
+        # round-robin over classes so every class is equally represented
+        by_class = [order[self.train_y[order] == c] for c in range(self.num_classes)]
+        take = np.stack([b[: n // self.num_classes + 1] for b in by_class], axis=1).reshape(-1)[:n]
+        take = np.sort(take)
+        return Dataset(self.train_x[take], self.train_y[take], self.test_x, self.test_y, self.classes,
+                       f"{self.source} (train subset {n}, seed {seed})", self.checksum)
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("IQALS_CACHE", Path.home() / ".cache" / "iqals-fast"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_tree(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write a file atomically: ``write(fileobj)`` into a temporary file, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def load(spec: str | os.PathLike = "cifar10", *, cache: bool = True) -> Dataset:
+    """Load a dataset from ``spec``.
+
+    - ``"cifar10"``: the official python archive from the cache directory (``$IQALS_CACHE``,
+      default ``~/.cache/iqals-fast``), downloaded there with its MD5 checked when missing;
+    - a directory or ``.tar.gz`` of CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``);
+    - a directory or ``.tar.gz`` of class folders of images with ``train/`` and ``test/`` splits;
+    - ``"synthetic"``: a deterministic, learnable 10-class dataset generated in memory.
+    """
+    s = str(spec)
+    if s == "synthetic":
+        return synthetic()
+    if s == "cifar10":
+        return _load_official(cache)
+    path = Path(s).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"data {s!r} not found: give 'cifar10', 'synthetic', or a path to a directory or .tar.gz of "
+            "CIFAR-10 python batches or of train/ and test/ class folders"
+        )
+    if path.is_file() and not tarfile.is_tarfile(path):
+        raise DataError(f"{path} is not a tar archive (expected .tar.gz of CIFAR batches or class folders)")
+    checksum = sha256_file(path) if path.is_file() else _sha256_tree(path)
+    cached = _cache_path(checksum)
+    if cache and cached.is_file():
+        return _read_cache(cached, str(path))
+    ds = _load_tar(path, checksum) if path.is_file() else _load_dir(path, checksum)
+    if cache:
+        _write_cache(cached, ds)
+    return ds
+
+
+def _cache_path(checksum: str) -> Path:
+    return cache_dir() / f"decoded-v{CACHE_VERSION}-{checksum[:32]}.npz"
+
+
+def _write_cache(path: Path, ds: Dataset) -> None:
+    atomic_write_bytes(path, lambda f: np.savez(f, train_x=ds.train_x, train_y=ds.train_y, test_x=ds.test_x,
+                                                test_y=ds.test_y, classes=np.array(ds.classes),
+                                                checksum=np.array(ds.checksum)))
+
+
+def _read_cache(path: Path, source: str) -> Dataset:
+    with np.load(path) as z:
+        return Dataset(z["train_x"], z["train_y"], z["test_x"], z["test_y"], tuple(str(c) for c in z["classes"]),
+                       source, str(z["checksum"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The official archive
+
+
+def _load_official(cache: bool) -> Dataset:
+    path = cache_dir() / "cifar-10-python.tar.gz"
+    if not path.is_file():
+        try:
+            tmp = path.with_suffix(".part")
+            urllib.request.urlretrieve(CIFAR10_URL, tmp)  # noqa: S310 (fixed https URL)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise DataError(
+                f"cannot download CIFAR-10 from {CIFAR10_URL} ({e}). Offline? Put cifar-10-python.tar.gz in "
+                f"{cache_dir()}, or pass --data with a directory or .tar.gz of CIFAR-10 python batches, a "
+                "directory or .tar.gz of train/ and test/ class folders, or 'synthetic'"
+            ) from None
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()  # noqa: S324 (the archive's published checksum)
+    if md5 != CIFAR10_MD5:
+        raise DataError(f"{path} has MD5 {md5}, expected {CIFAR10_MD5}: delete it and download again")
+    return load(path, cache=cache)
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR python batches
+
+
+def _unpickle(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        d = pickle.loads(raw, encoding="bytes")  # noqa: S301 (CIFAR's own format)
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+    except Exception as e:  # noqa: BLE001 (any failure means a corrupt batch)
+        raise DataError(f"{name}: not a readable CIFAR-10 python batch ({e})") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"{name}: expected N x 3072 data and N labels, got {data.shape} and {labels.shape}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+
+def _from_batches(files: dict[str, bytes], source: str, checksum: str) -> Dataset:
+    train = [f"data_batch_{i}" for i in range(1, 6)]
+    missing = [n for n in train + ["test_batch"] if n not in files]
+    if missing:
+        raise DataError(f"{source}: CIFAR-10 python batches incomplete, missing {missing}")
+    tr = [_unpickle(files[n], f"{source}:{n}") for n in train]
+    te = _unpickle(files["test_batch"], f"{source}:test_batch")
+    return Dataset(np.concatenate([x for x, _ in tr]), np.concatenate([y for _, y in tr]), te[0], te[1],
+                   CIFAR10_CLASSES, source, checksum)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class folders
+
+
+def _decode(raw: bytes, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"corrupt or unreadable image {name}: {e}") from None
+
+
+def _from_folders(entries: dict[tuple[str, str], list[tuple[str, bytes]]], source: str, checksum: str) -> Dataset:
+    """entries: (split, class) -> [(file name, bytes)]."""
+    splits = {s for s, _ in entries}
+    for s in ("train", "test"):
+        if s not in splits:
+            raise DataError(f"{source}: missing split folder '{s}/' (expected train/<class>/* and test/<class>/*)")
+    classes = sorted({c for s, c in entries if s == "train"})
+    test_classes = sorted({c for s, c in entries if s == "test"})
+    if classes != test_classes:
+        raise DataError(f"{source}: train/ and test/ hold different classes: {classes} vs {test_classes}")
+    if len(classes) < 2:
+        raise DataError(f"{source}: need at least 2 class folders, found {classes}")
+    out = {}
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for s in ("train", "test"):
+            xs, ys = [], []
+            for ci, c in enumerate(classes):
+                files = sorted(entries[(s, c)])
+                if not files:
+                    raise DataError(f"{source}: class folder {s}/{c}/ is empty")
+                imgs = list(pool.map(lambda f, s=s, c=c: _decode(f[1], f"{source}:{s}/{c}/{f[0]}"), files))
+                xs.extend(imgs)
+                ys.extend([ci] * len(imgs))
+            shapes = {x.shape for x in xs}
+            if len(shapes) != 1:
+                raise DataError(f"{source}: images of {s}/ differ in size ({sorted(shapes)[:4]}...); all must match")
+            out[s] = (np.stack(xs), np.asarray(ys, np.int64))
+    return Dataset(out["train"][0], out["train"][1], out["test"][0], out["test"][1], tuple(classes), source, checksum)
+
+
+def _load_tar(path: Path, checksum: str) -> Dataset:
+    batches: dict[str, bytes] = {}
+    folders: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                parts = [p for p in m.name.split("/") if p not in ("", ".")]
+                if m.isdir() and len(parts) >= 2 and parts[-2] in ("train", "test"):
+                    folders.setdefault((parts[-2], parts[-1]), [])
+                if not m.isfile() or not parts:
+                    continue
+                name = parts[-1]
+                if name in {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch"}:
+                    batches[name] = tar.extractfile(m).read()
+                elif len(parts) >= 3 and parts[-3] in ("train", "test") and name.lower().endswith(IMAGE_EXTS):
+                    folders.setdefault((parts[-3], parts[-2]), []).append((name, tar.extractfile(m).read()))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"{path}: cannot read archive ({e})") from None
+    if batches:
+        return _from_batches(batches, str(path), checksum)
+    if folders:
+        return _from_folders(folders, str(path), checksum)
+    raise DataError(
+        f"{path}: wrong layout: found neither CIFAR-10 python batches (data_batch_1..5, test_batch) nor "
+        "train/<class>/<image> and test/<class>/<image> folders"
+    )
+
+
+def _load_dir(root: Path, checksum: str) -> Dataset:
+    batches = {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file()
+               and p.name in {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch"}}
+    if batches:
+        return _from_batches(batches, str(root), checksum)
+    folders: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+    for split in ("train", "test"):
+        d = root / split
+        if d.is_dir():
+            for c in d.iterdir():
+                if c.is_dir():
+                    folders[(split, c.name)] = [(p.name, p.read_bytes()) for p in c.iterdir()
+                                                if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+    if not folders:
+        raise DataError(
+            f"{root}: wrong layout: found neither CIFAR-10 python batches nor train/<class>/ and test/<class>/ folders"
+        )
+    return _from_folders(folders, str(root), checksum)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic
+
+
+def synthetic(n_train: int = 5000, n_test: int = 1000, size: int = 32, seed: int = 0) -> Dataset:
+    """A deterministic, learnable 10-class dataset: class = (grating orientation, colour), plus clutter.
+
+    Each class has its own grating orientation and frequency and a dominant colour; every image
+    gets a random phase, contrast, brightness, a random occluding rectangle and pixel noise, so a
+    small CNN must learn oriented structure and colour, and blur / noise / JPEG make it harder.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5717]))
+    k = 10
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    angles = np.arange(k) * np.pi / k
+    freqs = 2.0 + (np.arange(k) % 3)
+    colours = np.stack([0.5 + 0.4 * np.cos(2 * np.pi * (np.arange(k) / k + o)) for o in (0, 1 / 3, 2 / 3)], 1)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % k
+        rng.shuffle(y)
+        a = angles[y][:, None, None] + rng.normal(0, 0.08, (n, 1, 1))
+        ph = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+        u = np.cos(a) * xx + np.sin(a) * yy
+        g = np.sin(2 * np.pi * freqs[y][:, None, None] * u + ph)
+        contrast = rng.uniform(0.15, 0.35, (n, 1, 1, 1))
+        bright = rng.uniform(-0.1, 0.1, (n, 1, 1, 1))
+        img = colours[y][:, None, None, :] + contrast * g[..., None] + bright
+        for i in range(n):  # an occluder of random colour
+            r0, c0 = rng.integers(0, size - 8, 2)
+            h, w = rng.integers(4, 12, 2)
+            img[i, r0:r0 + h, c0:c0 + w] = rng.uniform(0, 1, 3)
+        img += rng.normal(0, 0.03, img.shape)
+        return np.clip(np.round(img * 255), 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    trx, try_ = make(n_train)
+    tex, tey = make(n_test)
+    classes = tuple(f"class{i}" for i in range(k))
+    return Dataset(trx, try_, tex, tey, classes, f"synthetic(n_train={n_train}, n_test={n_test}, seed={seed})",
+                   f"synthetic-v1-{n_train}-{n_test}-{size}-{seed}")

@@ -1,0 +1,69 @@
+"""The paper's CNN: TensorFlow's LRN, SAME pooling, initialisation and per-image standardisation."""
+
+import numpy as np
+import pytest
+import torch
+
+from iqals_fast.config import PAPER
+from iqals_fast.model import PaperCNN, lrn_reference, lrn_tf, max_pool_same, standardize
+
+
+def test_lrn_matches_tensorflow_formula():
+    x = torch.rand(2, 64, 5, 7) * 20
+    # tf.nn.lrn: sqr_sum over c-4..c+4; out = x / (1 + 0.001/9 * sqr_sum) ** 0.75, written here by loops
+    xs = x.double().numpy()
+    ref = np.empty_like(xs)
+    for c in range(64):
+        sq = (xs[:, max(0, c - 4):c + 5] ** 2).sum(1)
+        ref[:, c] = xs[:, c] / (1.0 + 0.001 / 9 * sq) ** 0.75
+    np.testing.assert_allclose(lrn_tf(x).double().numpy(), ref, rtol=1e-5)
+    np.testing.assert_allclose(lrn_reference(x).double().numpy(), ref, rtol=1e-5)
+
+
+def test_lrn_gradient_matches_formula_autograd():
+    x = (torch.rand(2, 16, 3, 3, dtype=torch.float64) * 10).requires_grad_()
+    g1 = torch.autograd.grad(lrn_tf(x).sum(), x)[0]
+    g2 = torch.autograd.grad(lrn_reference(x).sum(), x)[0]
+    torch.testing.assert_close(g1, g2)
+
+
+def test_max_pool_same_follows_tensorflow_windows():
+    x = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(1, 2, 32, 32)
+    y = max_pool_same(x)
+    assert y.shape == (1, 2, 16, 16)
+    # TF SAME: window i covers rows 2i..2i+2 (padding only at the bottom), so its max is at 2i+2 (or 31)
+    for i in range(16):
+        r = min(2 * i + 2, 31)
+        assert float(y[0, 0, i, i]) == float(x[0, 0, r, r])
+
+
+def test_standardize_is_per_image_standardization():
+    x = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    y = standardize(x)
+    assert y.shape == (3, 3, 32, 32)
+    torch.testing.assert_close(y.mean(dim=(1, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(dim=(1, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+    flat = standardize(torch.full((1, 32, 32, 3), 7, dtype=torch.uint8))  # constant image: no division by 0
+    assert torch.isfinite(flat).all() and float(flat.abs().max()) == 0
+
+
+def test_architecture_and_initialisation():
+    m = PaperCNN(seed=0)
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert m.fc1.in_features == 8 * 8 * 64 and m.fc1.out_features == 384 and m.fc2.out_features == 192
+    for layer, std in ((m.conv1, 5e-2), (m.conv2, 5e-2), (m.fc1, 0.04), (m.fc3, 1 / 192)):
+        w = layer.weight.detach()
+        assert float(w.abs().max()) <= 2 * std + 1e-7  # truncated at two std
+        assert float(w.std()) == pytest.approx(std * 0.88, rel=0.1)  # std of a normal truncated at 2 sigma
+    assert float(m.conv2.bias.detach()[0]) == pytest.approx(0.1) and float(m.conv1.bias.detach().abs().max()) == 0
+    assert [p.shape for p in m.decayed_parameters()] == [m.fc1.weight.shape, m.fc2.weight.shape]
+    torch.testing.assert_close(PaperCNN(seed=0).fc1.weight, m.fc1.weight)  # deterministic in the seed
+
+
+def test_paper_protocol_and_scaled_schedule():
+    assert (PAPER.epochs, PAPER.batch_size, PAPER.lr, PAPER.lr_step_epochs, PAPER.weight_decay) == (2000, 100, 0.1, 350, 0.004)
+    assert PAPER.lr_at(349) == 0.1 and PAPER.lr_at(350) == pytest.approx(0.01) and PAPER.lr_at(1999) == pytest.approx(1e-6)
+    p = PAPER.scaled(epochs=40)
+    assert p.lr_step_epochs == 7 and p.lr_at(6) == 0.1 and p.lr_at(7) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="--epochs"):
+        PAPER.scaled(epochs=0)
