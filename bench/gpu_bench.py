@@ -120,7 +120,8 @@ def step_images(ctx):
         blobs = [b for _, b in blobs[:n]]
         chunks = [blobs[i:i + 1000] for i in range(0, len(blobs), 1000)]
         # spawn, not fork: CUDA is already initialised in this process
-        with ProcessPoolExecutor(min(16, os.cpu_count() or 1), mp_context=multiprocessing.get_context("spawn")) as pool:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(16, os.cpu_count() or 1), mp_context=spawn) as pool:
             images = np.concatenate(list(pool.map(_decode, chunks)))
         source = str(path)
     else:  # no archive: generated images, and the JSON says so
@@ -128,20 +129,21 @@ def step_images(ctx):
         from conftest import generated_images
 
         images = generated_images(n, 32, 32, seed=0)
-        source = "generated (archive not found at %s)" % path
+        source = f"generated (archive not found at {path})"
     ctx["images"] = torch.from_numpy(images).to(ctx["device"])
     return {"n": int(images.shape[0]), "shape": list(images.shape), "source": source,
             "decode_s": time.perf_counter() - t0}
 
 
 def step_distort(ctx):
-    import torch.nn.functional as F
+    import importlib
 
     from iqals_fast.ops import torch_backend as ref
-    from iqals_fast.ops import triton_backend as tbk
+    from iqals_fast.ops import triton_backend  # noqa: F401  (first: it finds kernels/ in a bare checkout)
     from iqals_fast.ops.filters import gaussian_blur, planes
     from iqals_fast.ops.noise import normals
-    from iqals_fast.kernels import distort_ssim as kds
+
+    kds = importlib.import_module("iqals_fast.kernels.distort_ssim")
 
     args, dev, x = ctx["args"], ctx["device"], ctx["images"]
     n = x.shape[0]
@@ -165,8 +167,8 @@ def step_distort(ctx):
     if dev.type == "cuda":
         for pps in (2, 8, 16):
             for nw in (4, 8):
-                run(tm, f"triton_pps{pps}_w{nw}",
-                    lambda pps=pps, nw=nw: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, programs_per_sm=pps, num_warps=nw))
+                run(tm, f"triton_pps{pps}_w{nw}", lambda pps=pps, nw=nw: kds.distort_ssim(
+                    x, SIGMA, std, SEED, ids, True, programs_per_sm=pps, num_warps=nw))
     # -- the torch backend on the same device (the reference)
     run(tm, "torch_backend", lambda: ref.distort_score(x, SIGMA, VAR, SEED, ids, True))
 
@@ -196,7 +198,8 @@ def step_distort(ctx):
             y = q8(kornia.filters.gaussian_blur2d(xf, (win, win), (SIGMA, SIGMA), border_type="replicate") + std * z)
             return kornia.metrics.ssim(xf, y, 11, max_val=1.0, padding="valid").mean(dim=(1, 2, 3))
         run(tm, "kornia", kornia_pipe)
-        run(res["ssim_only"], "kornia", lambda: kornia.metrics.ssim(xf, xf, 11, max_val=1.0, padding="valid").mean(dim=(1, 2, 3)))
+        run(res["ssim_only"], "kornia",
+            lambda: kornia.metrics.ssim(xf, xf, 11, max_val=1.0, padding="valid").mean(dim=(1, 2, 3)))
     else:
         res["errors"]["kornia"] = kornia
 
@@ -216,7 +219,8 @@ def step_distort(ctx):
     if not isinstance(tmetrics, str):
         def tm_pipe():
             return tmetrics.structural_similarity_index_measure(
-                xf, torch_blur_noise(), gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, reduction="none")
+                xf, torch_blur_noise(), gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0,
+                reduction="none")
         run(tm, "torchmetrics(+torch blur)", tm_pipe)
     else:
         res["errors"]["torchmetrics"] = tmetrics
@@ -236,14 +240,12 @@ def step_distort(ctx):
     y8 = ref.distort_score(x, SIGMA, VAR, SEED, ids, False)[0]
     run(res["ssim_only"], "triton", lambda: kds.distort_ssim(x, distorted=y8))
     run(res["ssim_only"], "torch_backend", lambda: ref.ssim(x, y8))
-    del xf, z, y8
 
     base = tm.get("triton", {}).get("median_s")
-    for name, t in tm.items():
+    for t in tm.values():
         t["triton_speedup"] = (t["median_s"] / base) if base else None
     best = min((v["median_s"], k) for k, v in tm.items() if k.startswith("triton"))
     res["best_triton"] = {"config": best[1], "ms": best[0] * 1e3, "images_per_s": n / best[0]}
-    _ = F, tbk
     return res
 
 
@@ -260,7 +262,7 @@ def step_loss(ctx):
         y = torch.randint(0, k, (b,), generator=g).to(dev)
         t = torch.rand(b, generator=g).to(dev)
 
-        def step(fn):
+        def step(fn, z=z, y=y, t=t):
             loss = fn(z, y, t)
             return torch.autograd.grad(loss, z)[0]
 
@@ -296,6 +298,9 @@ STEPS = {"env": step_env, "images": step_images, "distort": step_distort, "loss"
 # ---------------------------------------------------------------------------------------------
 
 
+NAMES = ("eager", "triton", "triton_custom_op")
+
+
 def print_table(results):
     env = results.get("env", {})
     print(f"\n# {env.get('device_name')}  torch {env.get('torch')}  triton {env.get('triton')}")
@@ -304,7 +309,8 @@ def print_table(results):
         print(f"\nblur({SIGMA}) + noise({VAR}) + SSIM, {d['n']} images (median of repeats)")
         print(f"{'implementation':34s} {'ms':>10s} {'images/s':>14s} {'x slower than triton':>22s}")
         for name, t in sorted(d["timings"].items(), key=lambda kv: kv[1]["median_s"]):
-            print(f"{name:34s} {t['median_s'] * 1e3:10.3f} {t['images_per_s']:14.0f} {t.get('triton_speedup') or 0:22.1f}")
+            ratio = t.get("triton_speedup") or 0
+            print(f"{name:34s} {t['median_s'] * 1e3:10.3f} {t['images_per_s']:14.0f} {ratio:22.1f}")
         print("SSIM only:", ", ".join(f"{k} {v['median_s'] * 1e3:.3f} ms" for k, v in d["ssim_only"].items()))
         print("parity vs torch backend:", d.get("parity_vs_torch_backend"))
         if d.get("errors"):
@@ -314,12 +320,10 @@ def print_table(results):
         print(f"\nsoft-label MSE forward + backward, K = {lo['k']} (microseconds per step)")
         print(f"{'B':>7s} {'eager':>10s} {'triton':>10s} {'speedup':>8s} {'custom op':>10s} {'speedup':>8s}")
         for b, row in lo["by_batch"].items():
-            def us(nm):
-                return row[nm]["median_s"] * 1e6 if nm in row else float("nan")
-
-            def sp(nm):
-                return row[nm].get("speedup_vs_eager", float("nan")) if nm in row else float("nan")
-            print(f"{b:>7s} {us('eager'):10.1f} {us('triton'):10.1f} {sp('triton'):8.2f} {us('triton_custom_op'):10.1f} {sp('triton_custom_op'):8.2f}")
+            us = {nm: row[nm]["median_s"] * 1e6 if nm in row else float("nan") for nm in NAMES}
+            sp = {nm: row[nm].get("speedup_vs_eager", float("nan")) if nm in row else float("nan") for nm in NAMES}
+            print(f"{b:>7s} {us['eager']:10.1f} {us['triton']:10.1f} {sp['triton']:8.2f} "
+                  f"{us['triton_custom_op']:10.1f} {sp['triton_custom_op']:8.2f}")
         if lo.get("errors"):
             print("errors:", lo["errors"])
     for name, v in results.items():

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 OUTDIR="${OUT:-bench/results}"
 mkdir -p "$OUTDIR"
-export IQALS_CIFAR_JPEG="${IQALS_CIFAR_JPEG:-.data/cifar10-jpeg.tar.gz}"
+export IQALS_CIFAR_JPEG="${IQALS_CIFAR_JPEG:-$PWD/.data/cifar10-jpeg.tar.gz}"
 BUDGET_S="${BUDGET_S:-540}"
 T0=$(date +%s)
 

@@ -175,7 +175,9 @@ def distort_ssim_kernel(
     i_in = (ri < H)[:, None] & (ci < W)[None, :]
     pix_i = (ri[:, None] * W + ci[None, :]) * 3
     # SSIM map position m (local) is the window whose top-left pixel is r0 + m; valid windows lie inside
-    m_ok = ((tl.arange(0, PDH) < TSH) & (rd <= H - WIN))[:, None] & ((tl.arange(0, PDW) < TSW) & (cd <= W - WIN))[None, :]
+    m_ok_h = (tl.arange(0, PDH) < TSH) & (rd <= H - WIN)
+    m_ok_w = (tl.arange(0, PDW) < TSW) & (cd <= W - WIN)
+    m_ok = m_ok_h[:, None] & m_ok_w[None, :]
 
     # -- Stage 1: the constant matrices, built once per program (blur with the border folded in; window).
     if BLUR:

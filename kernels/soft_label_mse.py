@@ -163,7 +163,8 @@ def soft_label_mse_fwd(logits: torch.Tensor, labels: torch.Tensor, on_true: torc
     if k < 2:
         raise ValueError(f"the loss needs K >= 2 classes, got {k}")
     if labels.shape != (b,) or on_true.shape != (b,):
-        raise ValueError(f"labels and on_true must have shape ({b},), got {tuple(labels.shape)}, {tuple(on_true.shape)}")
+        raise ValueError(
+            f"labels and on_true must have shape ({b},), got {tuple(labels.shape)}, {tuple(on_true.shape)}")
     dev = logits.device
     if logits.stride(1) != 1:
         logits = logits.contiguous()

@@ -92,7 +92,7 @@ def _skimage_ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
             a / 255.0, b / 255.0, channel_axis=-1, data_range=1.0, gaussian_weights=True,
             sigma=SSIM.sigma, use_sample_covariance=False, K1=SSIM.k1, K2=SSIM.k2,
         )
-        for a, b in zip(x, y)
+        for a, b in zip(x, y, strict=True)
     ])
 
 
