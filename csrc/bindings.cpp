@@ -68,7 +68,7 @@ Images check_images(const py::object& o, const char* name, int min_side) {
     return {a, a.shape(0), int(a.shape(1)), int(a.shape(2))};
 }
 
-// A 1-D odd-length array of finite, non-negative floats: a normalised Gaussian's taps.
+// A 1-D odd-length symmetric array of finite, non-negative floats: a normalised Gaussian's taps.
 std::vector<float> check_taps(const py::object& o, const char* name) {
     py::array a = as_ndarray(o, name);
     if (a.dtype().kind() != 'f') throw py::type_error(std::string(name) + " must be a float array, got " + dtype_of(a));
@@ -83,6 +83,9 @@ std::vector<float> check_taps(const py::object& o, const char* name) {
             throw py::value_error(std::string(name) + " must be finite and >= 0, got " + std::to_string(v));
         }
         taps[k] = float(v);  // as torch rounds the float64 taps to float32
+    }
+    for (size_t k = 0; k < taps.size() / 2; ++k) {
+        if (taps[k] != taps[taps.size() - 1 - k]) throw py::value_error(std::string(name) + " must be symmetric");
     }
     return taps;
 }
@@ -133,6 +136,13 @@ int check_threads(const py::object& o) {
     const int64_t threads = as_int(o, "threads");
     if (threads < 0 || threads > 4096) throw py::value_error("threads must lie in [0, 4096] (0 = OpenMP's default), got " + std::to_string(threads));
     return int(threads);
+}
+
+void check_window_size(const std::vector<float>& taps, const char* name) {
+    if (taps.size() > size_t(iqals::SSIMWindow::kMaxTaps)) {
+        throw py::value_error(std::string(name) + ": an SSIM window has at most " +
+                              std::to_string(iqals::SSIMWindow::kMaxTaps) + " taps, got " + std::to_string(taps.size()));
+    }
 }
 
 iqals::SSIMWindow ssim_window(const std::vector<float>& taps, const py::object& c1, const py::object& c2) {
@@ -196,6 +206,7 @@ py::tuple distort_score(const py::object& images, const py::object& blur_taps, c
     const bool score = !ssim_taps.is_none();
     if (score) {
         win_taps = check_taps(ssim_taps, "ssim_taps");
+        check_window_size(win_taps, "ssim_taps");
         window = ssim_window(win_taps, c1, c2);
         check_fits_window(im, "images", window.taps.n);
     }
@@ -229,6 +240,7 @@ py::array_t<float> ssim(const py::object& reference, const py::object& distorted
     }
     const int threads = check_threads(threads_arg);
     const std::vector<float> t = check_taps(taps, "taps");
+    check_window_size(t, "taps");
     const iqals::SSIMWindow window = ssim_window(t, c1, c2);
     check_fits_window(x, "reference", window.taps.n);
     py::array_t<float> scores(x.n);

@@ -37,6 +37,10 @@ using simd::splat;
 using simd::store;
 
 constexpr int kMoments = 5;  // SSIM's E[x], E[y], E[x^2], E[y^2], E[xy]
+// The SSIM map is summed in this many partial sums, whatever L is (a multiple of L), so that every
+// instruction set adds the same numbers in the same order.
+constexpr int kSumLanes = 16;
+static_assert(kSumLanes % L == 0, "partial sums must tile whole blocks");
 
 inline int64_t round_up(int64_t v) { return (v + L - 1) / L * L; }
 
@@ -51,12 +55,17 @@ inline B to_uint8(F v) {
     return __builtin_convertvector(__builtin_convertvector(r, simd::I), B);
 }
 
+// The filters use the taps' symmetry (w[k] = w[2r - k], checked by the bindings): a tap pair
+// costs one multiply, sum_k w[k] p[k] = w[r] p[r] + sum_{k<r} w[k] (p[k] + p[2r - k]).
+
 // out[j] = sum_k w[k] * in[j + 3k] for j < n (rounded up to whole blocks): the horizontal filter of
 // one interleaved row, "valid" positions only.
 inline void filter_row(const float* in, const Taps& t, float* out, int64_t n) {
+    const int r = t.n / 2;
     for (int64_t j0 = 0; j0 < n; j0 += L) {
-        F acc = splat(0.0f);
-        for (int k = 0; k < t.n; ++k) acc += t.w[k] * load(in + j0 + 3 * k);
+        const float* p = in + j0;
+        F acc = t.w[r] * load(p + 3 * r);
+        for (int k = 0; k < r; ++k) acc += t.w[k] * (load(p + 3 * k) + load(p + 3 * (2 * r - k)));
         store(out + j0, acc);
     }
 }
@@ -66,7 +75,7 @@ struct DistortLayout {
     int64_t row;   // round_up(3W): one row
     int64_t pad;   // a row with its edge pixels replicated r times on each side, plus a block
     int64_t blur;  // H rows after the horizontal pass
-    int64_t total() const { return pad + blur; }
+    int64_t total() const { return pad + blur + 2 * row; }  // + a row of each Philox word
 };
 
 DistortLayout distort_layout(int h, int w, const Taps& blur) {
@@ -79,68 +88,77 @@ DistortLayout distort_layout(int h, int w, const Taps& blur) {
 
 struct SSIMLayout {
     int64_t valid;  // 3 (W - win + 1): values per row of the SSIM map
-    int64_t out;    // round_up(valid)
-    int64_t prod;   // one moment row before the horizontal pass: 3W, plus a block read past its end
-    int64_t total(int win) const { return kMoments * prod + int64_t(win) * kMoments * out; }
+    int64_t row;    // round_up(3W) + L: one moment row, plus a block read past its end
+    int64_t total(int win) const { return (int64_t(win) + 1) * kMoments * row; }
 };
 
 SSIMLayout ssim_layout(int w, const SSIMWindow& window) {
     SSIMLayout s;
     s.valid = 3 * int64_t(w - window.taps.n + 1);
-    s.out = round_up(s.valid);
-    s.prod = round_up(3 * int64_t(w) + L);
+    s.row = round_up(3 * int64_t(w)) + L;
     return s;
 }
 
 // SSIM of one image pair: the mean of the SSIM map over the valid window positions and channels.
 //
 // Stage 1, per input row: the five moment rows x', y', x'^2, y'^2, x'y' of x' = x/255 - 0.5 (the
-//   shift keeps float32's E[x^2] - E[x]^2 accurate; (co)variances do not change under it).
-// Stage 2: their horizontal filter, into a ring buffer of the last `win` filtered rows.
-// Stage 3, once the ring holds `win` rows: its vertical filter gives one row of local moments
-//   mu_x, mu_y, E[x'^2], E[y'^2], E[x'y']; the SSIM formula per position; a masked row sum.
+//   shift keeps float32's E[x^2] - E[x]^2 accurate; (co)variances do not change under it), into a
+//   ring buffer of the last `win` rows.
+// Stage 2, once the ring holds `win` rows: their vertical filter, one row of each moment.
+// Stage 3, per block of that row's valid positions: the horizontal filter gives the local moments
+//   mu_x, mu_y, E[x'^2], E[y'^2], E[x'y']; the SSIM formula; masked partial sums.
+// (The torch backend filters horizontally first; the order only changes float rounding, and
+// filtering vertically first filters H - win + 1 rows horizontally instead of H.)
 double ssim_image(const uint8_t* a, const uint8_t* b, int h, int w, const SSIMWindow& window, void* scratch) {
     const Taps& t = window.taps;
-    const int win = t.n;
+    const int win = t.n, r = win / 2;
     const SSIMLayout s = ssim_layout(w, window);
     const int64_t row = 3 * int64_t(w);
-    float* prod = static_cast<float*>(scratch);  // kMoments x s.prod
-    float* ring = prod + kMoments * s.prod;      // win x kMoments x s.out
-    const int64_t slot_size = kMoments * s.out;
+    const int64_t slot = kMoments * s.row;
+    float* ring = static_cast<float*>(scratch);  // win slots of kMoments rows
+    float* vert = ring + win * slot;             // kMoments rows
     const float c1 = window.c1, c2 = window.c2;
+    simd::I lane{};
+    for (int l = 0; l < L; ++l) lane[l] = l;
     double total = 0.0;
     for (int y = 0; y < h; ++y) {
-        // Stage 1: moment rows.
+        // Stage 1: moment rows (whole blocks: lanes past the row only reach ignored outputs).
+        float* m = ring + int64_t(y % win) * slot;
         for (int64_t j0 = 0; j0 < row; j0 += L) {
             const F xs = unit(simd::load_bytes(a + y * row + j0, row - j0)) - 0.5f;
             const F ys = unit(simd::load_bytes(b + y * row + j0, row - j0)) - 0.5f;
-            store(prod + j0, xs);  // whole blocks: lanes past the row only reach ignored outputs
-            store(prod + s.prod + j0, ys);
-            store(prod + 2 * s.prod + j0, xs * xs);
-            store(prod + 3 * s.prod + j0, ys * ys);
-            store(prod + 4 * s.prod + j0, xs * ys);
-        }
-        // Stage 2: horizontal filter of the five rows into the ring slot of row y.
-        float* slot = ring + int64_t(y % win) * slot_size;
-        for (int64_t j0 = 0; j0 < s.valid; j0 += L) {
-            F acc[kMoments] = {};
-            for (int k = 0; k < win; ++k) {
-                const float wk = t.w[k];
-                for (int i = 0; i < kMoments; ++i) acc[i] += wk * load(prod + i * s.prod + j0 + 3 * k);
-            }
-            for (int i = 0; i < kMoments; ++i) store(slot + i * s.out + j0, acc[i]);
+            store(m + j0, xs);
+            store(m + s.row + j0, ys);
+            store(m + 2 * s.row + j0, xs * xs);
+            store(m + 3 * s.row + j0, ys * ys);
+            store(m + 4 * s.row + j0, xs * ys);
         }
         if (y < win - 1) continue;
 
-        // Stage 3: vertical filter of the ring (rows y - win + 1 .. y), the formula, the sum.
-        const int top = (y - win + 1) % win;  // the ring slot of the window's first row
-        F part = splat(0.0f);
+        // Stage 2: vertical filter of the ring (rows y - win + 1 .. y, slot (y + 1 + k) % win).
+        const float* rows[SSIMWindow::kMaxTaps];
+        for (int k = 0; k < win; ++k) rows[k] = ring + int64_t((y + 1 + k) % win) * slot;
+        for (int64_t j0 = 0; j0 < s.row; j0 += L) {
+            F acc[kMoments];  // five independent sums per step keep the adders busy
+            for (int i = 0; i < kMoments; ++i) acc[i] = t.w[r] * load(rows[r] + i * s.row + j0);
+            for (int k = 0; k < r; ++k) {
+                const float* up = rows[k] + j0;
+                const float* down = rows[win - 1 - k] + j0;
+                for (int i = 0; i < kMoments; ++i) acc[i] += t.w[k] * (load(up + i * s.row) + load(down + i * s.row));
+            }
+            for (int i = 0; i < kMoments; ++i) store(vert + i * s.row + j0, acc[i]);
+        }
+
+        // Stage 3: horizontal filter, formula, partial sums.
+        float part[kSumLanes] = {};  // part[j % kSumLanes] sums the row's values j
         for (int64_t j0 = 0; j0 < s.valid; j0 += L) {
-            F mom[kMoments] = {};
-            for (int k = 0, sl = top; k < win; ++k, sl = sl + 1 == win ? 0 : sl + 1) {
-                const float wk = t.w[k];
-                const float* p = ring + sl * slot_size + j0;
-                for (int i = 0; i < kMoments; ++i) mom[i] += wk * load(p + i * s.out);
+            const float* p = vert + j0;
+            F mom[kMoments];
+            for (int i = 0; i < kMoments; ++i) mom[i] = t.w[r] * load(p + i * s.row + 3 * r);
+            for (int k = 0; k < r; ++k) {
+                for (int i = 0; i < kMoments; ++i) {
+                    mom[i] += t.w[k] * (load(p + i * s.row + 3 * k) + load(p + i * s.row + 3 * (win - 1 - k)));
+                }
             }
             const F mx = mom[0], my = mom[1];
             const F vx = mom[2] - mx * mx;
@@ -149,11 +167,10 @@ double ssim_image(const uint8_t* a, const uint8_t* b, int h, int w, const SSIMWi
             const F ux = mx + 0.5f, uy = my + 0.5f;
             const F num = (2.0f * ux * uy + c1) * (2.0f * vxy + c2);
             const F den = (ux * ux + uy * uy + c1) * (vx + vy + c2);
-            simd::I lane{};
-            for (int l = 0; l < L; ++l) lane[l] = l;
-            part += simd::select(lane < int(s.valid - j0), num / den, splat(0.0f));
+            float* sums = part + j0 % kSumLanes;
+            store(sums, load(sums) + simd::select(lane < int(s.valid - j0), num / den, splat(0.0f)));
         }
-        total += double(simd::sum(part));
+        for (float v : part) total += double(v);
     }
     return total / (double(h - win + 1) * double(s.valid));
 }
@@ -170,6 +187,8 @@ void distort_image(const uint8_t* img, int h, int w, const Taps& blur, const Noi
     const int64_t row = 3 * int64_t(w);
     float* pad = static_cast<float*>(scratch);
     float* rows = pad + d.pad;
+    uint32_t* w0 = reinterpret_cast<uint32_t*>(rows + d.blur);  // the row's Philox words
+    uint32_t* w1 = w0 + d.row;
 
     const int r = (blur.n - 1) / 2;
 
@@ -186,21 +205,28 @@ void distort_image(const uint8_t* img, int h, int w, const Taps& blur, const Noi
         filter_row(pad, blur, rows + y * d.row, row);
     }
 
-    // Stage 2: vertical pass, noise, rounding.
+    // Stage 2: vertical pass, noise, rounding. The row's Philox words come first, in a loop of
+    // their own: its independent iterations overlap (a block's 10 rounds are one long chain).
     const PhiloxKey key = philox_key(id, noise.seed);
     for (int y = 0; y < h; ++y) {
+        for (int64_t j0 = 0; noise.on && j0 < row; j0 += L) {
+            simd::U a, b;
+            philox_block(simd::iota_u() + (uint32_t(y) * uint32_t(row) + uint32_t(j0)), key, a, b);
+            simd::store(w0 + j0, a);
+            simd::store(w1 + j0, b);
+        }
         for (int64_t j0 = 0; j0 < row; j0 += L) {
             F v;
             if (blur.n) {
-                v = splat(0.0f);
-                for (int k = 0; k < blur.n; ++k) {
-                    const int yy = std::min(std::max(y + k - r, 0), h - 1);  // edge rows replicated
-                    v += blur.w[k] * load(rows + yy * d.row + j0);
+                v = blur.w[r] * load(rows + y * d.row + j0);
+                for (int k = 0; k < r; ++k) {
+                    const int above = std::max(y + k - r, 0), below = std::min(y + r - k, h - 1);  // edges replicated
+                    v += blur.w[k] * (load(rows + above * d.row + j0) + load(rows + below * d.row + j0));
                 }
             } else {
                 v = unit(simd::load_bytes(img + y * row + j0, row - j0));
             }
-            if (noise.on) v = v + noise.std * normals_block(uint32_t(y) * uint32_t(row) + uint32_t(j0), key);
+            if (noise.on) v = v + noise.std * box_muller(simd::load(w0 + j0), simd::load(w1 + j0));
             simd::store_bytes(out + y * row + j0, to_uint8(v), row - j0);
         }
     }

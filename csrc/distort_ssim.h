@@ -13,8 +13,8 @@
 
 namespace iqals {
 
-// A normalised odd-length 1-D Gaussian, float32 taps (the float64 taps of config.gaussian_taps,
-// rounded as torch rounds them).
+// A normalised odd-length symmetric 1-D Gaussian, float32 taps (the float64 taps of
+// config.gaussian_taps, rounded as torch rounds them).
 struct Taps {
     const float* w = nullptr;
     int n = 0;  // 2 * radius + 1; 0 = no filter
@@ -22,6 +22,8 @@ struct Taps {
 
 // SSIM of Wang et al. as config.SSIMConfig defines it: the window's taps, C1 and C2.
 struct SSIMWindow {
+    static constexpr int kMaxTaps = 63;  // bound of a stack array of row pointers; the paper's is 11
+
     Taps taps;
     float c1 = 0.f;
     float c2 = 0.f;

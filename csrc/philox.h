@@ -52,40 +52,30 @@ inline PhiloxKey philox_key(uint32_t id, uint32_t seed) {
 // pmuludq multiplies the even 32-bit lanes into 64-bit products; the odd lanes take a second one.
 inline void mulhilo(uint32_t a, simd::U b, simd::U& hi, simd::U& lo) {
 #if defined(__AVX512F__)
+    static_assert(simd::L == 16, "one __m512i per block");
     const __m512i va = _mm512_set1_epi32(int(a));
-    __m512i vb;
-    std::memcpy(&vb, &b, sizeof vb);
+    const __m512i vb = (__m512i)b;
     const __m512i even = _mm512_mul_epu32(vb, va);
     const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(vb, 32), va);
-    const __m512i h = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-    const __m512i l = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-    std::memcpy(&hi, &h, sizeof hi);
-    std::memcpy(&lo, &l, sizeof lo);
+    hi = (simd::U)_mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    lo = (simd::U)_mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 #elif defined(__AVX2__)
+    static_assert(simd::L == 8, "one __m256i per block");
     const __m256i va = _mm256_set1_epi32(int(a));
-    for (int half = 0; half < 2; ++half) {
-        __m256i vb;
-        std::memcpy(&vb, reinterpret_cast<const char*>(&b) + 32 * half, sizeof vb);
-        const __m256i even = _mm256_mul_epu32(vb, va);
-        const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(vb, 32), va);
-        const __m256i h = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-        const __m256i l = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-        std::memcpy(reinterpret_cast<char*>(&hi) + 32 * half, &h, sizeof h);
-        std::memcpy(reinterpret_cast<char*>(&lo) + 32 * half, &l, sizeof l);
-    }
+    const __m256i vb = (__m256i)b;
+    const __m256i even = _mm256_mul_epu32(vb, va);
+    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(vb, 32), va);
+    hi = (simd::U)_mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    lo = (simd::U)_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 #elif defined(__SSE2__)
+    static_assert(simd::L == 4, "one __m128i per block");
     const __m128i va = _mm_set1_epi32(int(a));
+    const __m128i vb = (__m128i)b;
     const __m128i low32 = _mm_set1_epi64x(0xFFFFFFFFll);
-    for (int q = 0; q < 4; ++q) {
-        __m128i vb;
-        std::memcpy(&vb, reinterpret_cast<const char*>(&b) + 16 * q, sizeof vb);
-        const __m128i even = _mm_mul_epu32(vb, va);
-        const __m128i odd = _mm_mul_epu32(_mm_srli_epi64(vb, 32), va);
-        const __m128i h = _mm_or_si128(_mm_srli_epi64(even, 32), _mm_andnot_si128(low32, odd));
-        const __m128i l = _mm_or_si128(_mm_and_si128(even, low32), _mm_slli_epi64(odd, 32));
-        std::memcpy(reinterpret_cast<char*>(&hi) + 16 * q, &h, sizeof h);
-        std::memcpy(reinterpret_cast<char*>(&lo) + 16 * q, &l, sizeof l);
-    }
+    const __m128i even = _mm_mul_epu32(vb, va);
+    const __m128i odd = _mm_mul_epu32(_mm_srli_epi64(vb, 32), va);
+    hi = (simd::U)_mm_or_si128(_mm_srli_epi64(even, 32), _mm_andnot_si128(low32, odd));
+    lo = (simd::U)_mm_or_si128(_mm_and_si128(even, low32), _mm_slli_epi64(odd, 32));
 #else
     for (int l = 0; l < simd::L; ++l) {
         const uint64_t p = uint64_t(a) * b[l];
@@ -193,10 +183,8 @@ inline simd::F box_muller(simd::U w0, simd::U w1) {
 
 // The standard normals of the offsets first .. first + L - 1 under one image's key.
 inline simd::F normals_block(uint32_t first, const PhiloxKey& key) {
-    simd::U ctr;
-    for (int l = 0; l < simd::L; ++l) ctr[l] = first + uint32_t(l);
     simd::U w0, w1;
-    philox_block(ctr, key, w0, w1);
+    philox_block(simd::iota_u() + first, key, w0, w1);
     return box_muller(w0, w1);
 }
 

@@ -1,5 +1,5 @@
-// Blocks of 16 float32 lanes as GCC/Clang vector extensions: one AVX-512 register, two AVX2 ones or
-// four SSE2 ones, whichever instruction set the translation unit is compiled for. The kernels are
+// Blocks of float32 lanes as GCC/Clang vector extensions, one register wide: 16 lanes with AVX-512,
+// 8 with AVX2, 4 with SSE2, whichever instruction set the translation unit is compiled for. The kernels are
 // written once on these types and compiled once per instruction set (CMakeLists.txt), each copy in
 // its own namespace iqals::IQALS_ISA; all copies compute the same bits: + - * / sqrt are IEEE
 // operations lane by lane and nothing is contracted into FMAs (-ffp-contract=off).
@@ -16,7 +16,15 @@ namespace iqals {
 namespace IQALS_ISA {
 namespace simd {
 
-constexpr int L = 16;  // lanes per block
+// Lanes per block: one register of the instruction set (wider generic vectors would be split
+// through memory by the compiler).
+#if defined(__AVX512F__)
+constexpr int L = 16;
+#elif defined(__AVX2__)
+constexpr int L = 8;
+#else
+constexpr int L = 4;
+#endif
 
 typedef float F __attribute__((vector_size(4 * L)));
 typedef int32_t I __attribute__((vector_size(4 * L)));
@@ -37,7 +45,15 @@ inline U load(const uint32_t* p) {
     return v;
 }
 
+inline void store(uint32_t* p, U v) { std::memcpy(p, &v, sizeof v); }
+
 inline F splat(float x) { return F{} + x; }
+
+inline U iota_u() {
+    U v{};
+    for (int l = 0; l < L; ++l) v[l] = uint32_t(l);
+    return v;
+}
 
 // The first min(count, L) bytes at p, the rest zero: never reads past the end of an image.
 inline B load_bytes(const uint8_t* p, int64_t count) {
@@ -59,7 +75,8 @@ inline void store_bytes(uint8_t* p, B v, int64_t count) {
     }
 }
 
-inline F to_float(B v) { return __builtin_convertvector(v, F); }
+// Through int32: a direct uint8 -> float conversion is compiled lane by lane.
+inline F to_float(B v) { return __builtin_convertvector(__builtin_convertvector(v, I), F); }
 
 // Bit reinterpretations and a lane-wise select (mask lanes are all ones or all zeros).
 inline I bits(F v) { return (I)v; }
@@ -70,11 +87,6 @@ inline I select(I mask, I a, I b) { return (mask & a) | (~mask & b); }
 inline F min(F a, F b) { return select(a < b, a, b); }
 inline F max(F a, F b) { return select(a > b, a, b); }
 
-inline float sum(F v) {
-    float s = 0.0f;
-    for (int l = 0; l < L; ++l) s += v[l];
-    return s;
-}
 
 }  // namespace simd
 }  // namespace IQALS_ISA
