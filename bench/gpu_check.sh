@@ -51,7 +51,13 @@ step tests_triton 180 "$PY" -m pytest tests/test_triton_backend.py --device cuda
 # 4. the benchmark (writes the JSON into $OUTDIR)
 step bench 240 "$PY" bench/gpu_bench.py --device cuda --n 50000 --out "$OUTDIR"
 
-# 5. the rest of the suite on the GPU, fast tests only
+# 5. training throughput of the plain training loop on the GPU (strategy 9, eager model; the baseline
+#    the fast training path improves on), then evaluation through the GPU backends
+step train_gpu 100 bash -c "'$PY' -m iqals_fast train --strategy 9 --data '$IQALS_CIFAR_JPEG' --epochs 2 \
+  --train-subset 20000 --device cuda --out /tmp/gpu_run --no-progress && cat /tmp/gpu_run/metrics.jsonl && \
+  '$PY' -m iqals_fast eval /tmp/gpu_run --device cuda && tail -c 600 /tmp/gpu_run/eval.json"
+
+# 6. the rest of the suite on the GPU, fast tests only
 step tests_other 120 "$PY" -m pytest tests --device cuda -q -p no:cacheprovider -m "not slow" \
   --ignore=tests/test_triton_backend.py -x
 
