@@ -45,14 +45,14 @@ static_assert(kSumLanes % L == 0, "partial sums must tile whole blocks");
 inline int64_t round_up(int64_t v) { return (v + L - 1) / L * L; }
 
 // x / 255 in float32 for uint8 x, as torch computes images.to(float32) / 255.0.
-inline F unit(B x) { return simd::to_float(x) / 255.0f; }
+inline F unit(B x) { return simd::bytes_to_float(x) / 255.0f; }
 
 // torch.round(clamp(v, 0, 1) * 255).to(uint8): round half to even by adding and subtracting
 // 1.5 * 2^23 (exact for 0 <= t <= 2^22 in the default rounding mode).
 inline B to_uint8(F v) {
     const F t = simd::min(simd::max(v, splat(0.0f)), splat(1.0f)) * 255.0f;
     const F r = (t + 12582912.0f) - 12582912.0f;
-    return __builtin_convertvector(__builtin_convertvector(r, simd::I), B);
+    return simd::float_to_bytes(r);
 }
 
 // The filters use the taps' symmetry (w[k] = w[2r - k], checked by the bindings): a tap pair
@@ -211,7 +211,7 @@ void distort_image(const uint8_t* img, int h, int w, const Taps& blur, const Noi
     for (int y = 0; y < h; ++y) {
         for (int64_t j0 = 0; noise.on && j0 < row; j0 += L) {
             simd::U a, b;
-            philox_block(simd::iota_u() + (uint32_t(y) * uint32_t(row) + uint32_t(j0)), key, a, b);
+            philox_block(uint32_t(y) * uint32_t(row) + uint32_t(j0), key, a, b);
             simd::store(w0 + j0, a);
             simd::store(w1 + j0, b);
         }

@@ -48,73 +48,95 @@ inline PhiloxKey philox_key(uint32_t id, uint32_t seed) {
     return key;
 }
 
-// High and low 32 bits of the 64-bit products a * b[l]. x86 has no 32-bit high multiply, but
-// pmuludq multiplies the even 32-bit lanes into 64-bit products; the odd lanes take a second one.
-inline void mulhilo(uint32_t a, simd::U b, simd::U& hi, simd::U& lo) {
+// The Philox state is held in 64-bit lanes (L/2 per register), a word in the low 32 bits of each:
+// pmuludq multiplies the low 32 bits of every 64-bit lane into a full 64-bit product, so a product
+// needs no unpacking, its high word is one shift, and its low word is the product itself (the
+// upper 32 bits of a lane are don't-care: only low words are multiplied, XORed into low words,
+// and read at the end).
+typedef uint64_t Q __attribute__((vector_size(4 * simd::L)));
+
+inline Q mul_low(Q a, uint32_t m) {
 #if defined(__AVX512F__)
-    static_assert(simd::L == 16, "one __m512i per block");
-    const __m512i va = _mm512_set1_epi32(int(a));
-    const __m512i vb = (__m512i)b;
-    const __m512i even = _mm512_mul_epu32(vb, va);
-    const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(vb, 32), va);
-    hi = (simd::U)_mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-    lo = (simd::U)_mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+    return (Q)_mm512_mul_epu32((__m512i)a, _mm512_set1_epi64(m));
 #elif defined(__AVX2__)
-    static_assert(simd::L == 8, "one __m256i per block");
-    const __m256i va = _mm256_set1_epi32(int(a));
-    const __m256i vb = (__m256i)b;
-    const __m256i even = _mm256_mul_epu32(vb, va);
-    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(vb, 32), va);
-    hi = (simd::U)_mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-    lo = (simd::U)_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    return (Q)_mm256_mul_epu32((__m256i)a, _mm256_set1_epi64x(m));
 #elif defined(__SSE2__)
-    static_assert(simd::L == 4, "one __m128i per block");
-    const __m128i va = _mm_set1_epi32(int(a));
-    const __m128i vb = (__m128i)b;
-    const __m128i low32 = _mm_set1_epi64x(0xFFFFFFFFll);
-    const __m128i even = _mm_mul_epu32(vb, va);
-    const __m128i odd = _mm_mul_epu32(_mm_srli_epi64(vb, 32), va);
-    hi = (simd::U)_mm_or_si128(_mm_srli_epi64(even, 32), _mm_andnot_si128(low32, odd));
-    lo = (simd::U)_mm_or_si128(_mm_and_si128(even, low32), _mm_slli_epi64(odd, 32));
+    return (Q)_mm_mul_epu32((__m128i)a, _mm_set1_epi64x(m));
 #else
-    for (int l = 0; l < simd::L; ++l) {
-        const uint64_t p = uint64_t(a) * b[l];
-        hi[l] = uint32_t(p >> 32);
-        lo[l] = uint32_t(p);
-    }
+    return (a & 0xFFFFFFFFu) * m;
 #endif
 }
 
-// Philox4x32-10 of the counters (ctr[l], 0, 0, 0): the first two output words of each lane.
+// Philox4x32-10 of the counters (ctr, 0, 0, 0) of one Q: words 0 and 1 in the low halves.
 // A round (noise.py's philox4x32) maps (c0, c1, c2, c3) to
 //     (hi(B c2) ^ c1 ^ k0, lo(B c2), hi(A c0) ^ c3 ^ k1, lo(A c0)),  k = the round's key.
-// The zero words save 3 of the 20 vector multiplies: round 1 has c1 = c2 = c3 = 0, so it leaves
-// c0 = k0 and c1 = 0 in every lane; round 2's A c0 is then one scalar product; the last round's
-// c2 and c3 are never used.
-inline void philox_block(simd::U ctr, const PhiloxKey& key, simd::U& w0, simd::U& w1) {
-    simd::U hi_a, lo_a, hi_b, lo_b;
+// The zero words save 3 of the 20 multiplies: round 1 has c1 = c2 = c3 = 0, so it leaves c0 = k0
+// and c1 = 0 in every lane; round 2's A c0 is then one scalar product; the last round's c2 and c3
+// are never used.
+inline void philox_q(Q ctr, const PhiloxKey& key, Q& w0, Q& w1) {
+    constexpr int last = kPhiloxRounds - 1;
     // Round 1: only A c0.
-    mulhilo(kPhiloxRoundA, ctr, hi_a, lo_a);
-    simd::U c2 = hi_a ^ key.k1[0], c3 = lo_a;
-    // Round 2: c0 = k0[0] and c1 = 0 in every lane.
-    const uint64_t pa = uint64_t(kPhiloxRoundA) * key.k0[0];
-    mulhilo(kPhiloxRoundB, c2, hi_b, lo_b);
-    simd::U c0 = hi_b ^ key.k0[1], c1 = lo_b;
-    c2 = c3 ^ (uint32_t(pa >> 32) ^ key.k1[1]);
-    c3 = simd::U{} + uint32_t(pa);
-    // Rounds 3 .. 9: the general round.
-    for (int r = 2; r < kPhiloxRounds - 1; ++r) {
-        mulhilo(kPhiloxRoundA, c0, hi_a, lo_a);
-        mulhilo(kPhiloxRoundB, c2, hi_b, lo_b);
-        c0 = hi_b ^ c1 ^ key.k0[r];
-        c1 = lo_b;
-        c2 = hi_a ^ c3 ^ key.k1[r];
-        c3 = lo_a;
+    Q pa = mul_low(ctr, kPhiloxRoundA);
+    Q c2 = (pa >> 32) ^ key.k1[0], c3 = pa;
+    // Round 2: c0 = k0[0], c1 = 0.
+    const uint64_t pa2 = uint64_t(kPhiloxRoundA) * key.k0[0];
+    Q pb = mul_low(c2, kPhiloxRoundB);
+    Q c0 = (pb >> 32) ^ key.k0[1], c1 = pb;
+    c2 = c3 ^ ((pa2 >> 32) ^ key.k1[1]);
+    c3 = Q{} + (pa2 & 0xFFFFFFFFu);
+    // Rounds 3 .. 9.
+    for (int r = 2; r < last; ++r) {
+        pa = mul_low(c0, kPhiloxRoundA);
+        pb = mul_low(c2, kPhiloxRoundB);
+        c0 = (pb >> 32) ^ c1 ^ key.k0[r];
+        c1 = pb;
+        c2 = (pa >> 32) ^ c3 ^ key.k1[r];
+        c3 = pa;
     }
     // Round 10: only c0 and c1.
-    mulhilo(kPhiloxRoundB, c2, hi_b, lo_b);
-    w0 = hi_b ^ c1 ^ key.k0[kPhiloxRounds - 1];
-    w1 = lo_b;
+    pb = mul_low(c2, kPhiloxRoundB);
+    w0 = (pb >> 32) ^ c1 ^ key.k0[last];
+    w1 = pb;
+}
+
+// The low words of a's and then b's lanes, in order: L 32-bit lanes.
+inline simd::U low_words(Q a, Q b) {
+    const simd::U x = (simd::U)a, y = (simd::U)b;  // little-endian: lane 2i is the low word of lane i
+#if defined(__AVX512F__)
+    return __builtin_shufflevector(x, y, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+#elif defined(__AVX2__)
+    return __builtin_shufflevector(x, y, 0, 2, 4, 6, 8, 10, 12, 14);
+#else
+    return __builtin_shufflevector(x, y, 0, 2, 4, 6);
+#endif
+}
+
+// Philox words 0 and 1 of the L counters first, first + 1, ..., first + L - 1.
+inline void philox_block(uint32_t first, const PhiloxKey& key, simd::U& w0, simd::U& w1) {
+    constexpr int half = simd::L / 2;
+    Q lo{};
+    for (int l = 0; l < half; ++l) lo[l] = first + uint32_t(l);
+    const Q hi = (lo + half) & 0xFFFFFFFFu;  // counters wrap modulo 2^32
+    Q a0, a1, b0, b1;
+    philox_q(lo & 0xFFFFFFFFu, key, a0, a1);
+    philox_q(hi, key, b0, b1);
+    w0 = low_words(a0, b0);
+    w1 = low_words(a1, b1);
+}
+
+// The same for L arbitrary counters (the test hook).
+inline void philox_block(simd::U ctr, const PhiloxKey& key, simd::U& w0, simd::U& w1) {
+    constexpr int half = simd::L / 2;
+    Q lo{}, hi{};
+    for (int l = 0; l < half; ++l) {
+        lo[l] = ctr[l];
+        hi[l] = ctr[half + l];
+    }
+    Q a0, a1, b0, b1;
+    philox_q(lo, key, a0, a1);
+    philox_q(hi, key, b0, b1);
+    w0 = low_words(a0, b0);
+    w1 = low_words(a1, b1);
 }
 
 // Triton's uint_to_uniform_float for 32-bit words: float32s in [0, 1).
@@ -184,7 +206,7 @@ inline simd::F box_muller(simd::U w0, simd::U w1) {
 // The standard normals of the offsets first .. first + L - 1 under one image's key.
 inline simd::F normals_block(uint32_t first, const PhiloxKey& key) {
     simd::U w0, w1;
-    philox_block(simd::iota_u() + first, key, w0, w1);
+    philox_block(first, key, w0, w1);
     return box_muller(w0, w1);
 }
 

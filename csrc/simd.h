@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #ifndef IQALS_ISA
 #define IQALS_ISA generic  // set by CMakeLists.txt: sse2, avx2, avx512 or native
 #endif
@@ -55,6 +59,48 @@ inline U iota_u() {
     return v;
 }
 
+// Widening bytes to floats and back: generic vector conversions between uint8 and 32-bit lanes
+// are compiled lane by lane, so each instruction set gets its own few instructions.
+inline F bytes_to_float(B v) {
+#if defined(__AVX512F__)
+    return (F)_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32((__m128i)v));
+#elif defined(__AVX2__)
+    __m128i b = _mm_setzero_si128();
+    std::memcpy(&b, &v, sizeof v);
+    return (F)_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+#elif defined(__SSE2__)
+    __m128i b = _mm_setzero_si128();
+    std::memcpy(&b, &v, sizeof v);
+    const __m128i zero = _mm_setzero_si128();
+    return (F)_mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(b, zero), zero));
+#else
+    return __builtin_convertvector(v, F);
+#endif
+}
+
+// Integral floats in [0, 255] to bytes.
+inline B float_to_bytes(F v) {
+#if defined(__AVX512F__)
+    return (B)_mm512_cvtepi32_epi8(_mm512_cvttps_epi32((__m512)v));
+#elif defined(__AVX2__)
+    const __m256i i = _mm256_cvttps_epi32((__m256)v);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    const __m128i b = _mm_packus_epi16(w, w);
+    B out;
+    std::memcpy(&out, &b, sizeof out);
+    return out;
+#elif defined(__SSE2__)
+    const __m128i i = _mm_cvttps_epi32((__m128)v);
+    const __m128i w = _mm_packs_epi32(i, i);
+    const __m128i b = _mm_packus_epi16(w, w);
+    B out;
+    std::memcpy(&out, &b, sizeof out);
+    return out;
+#else
+    return __builtin_convertvector(v, B);
+#endif
+}
+
 // The first min(count, L) bytes at p, the rest zero: never reads past the end of an image.
 inline B load_bytes(const uint8_t* p, int64_t count) {
     B v{};
@@ -74,9 +120,6 @@ inline void store_bytes(uint8_t* p, B v, int64_t count) {
         std::memcpy(p, &v, size_t(count));
     }
 }
-
-// Through int32: a direct uint8 -> float conversion is compiled lane by lane.
-inline F to_float(B v) { return __builtin_convertvector(__builtin_convertvector(v, I), F); }
 
 // Bit reinterpretations and a lane-wise select (mask lanes are all ones or all zeros).
 inline I bits(F v) { return (I)v; }
