@@ -138,7 +138,7 @@ double ssim_image(const uint8_t* a, const uint8_t* b, int h, int w, const SSIMWi
         // Stage 2: vertical filter of the ring (rows y - win + 1 .. y, slot (y + 1 + k) % win).
         const float* rows[SSIMWindow::kMaxTaps];
         for (int k = 0; k < win; ++k) rows[k] = ring + int64_t((y + 1 + k) % win) * slot;
-        for (int64_t j0 = 0; j0 < s.row; j0 += L) {
+        for (int64_t j0 = 0; j0 < row; j0 += L) {  // the tail block of `vert` stays zero
             F acc[kMoments];  // five independent sums per step keep the adders busy
             for (int i = 0; i < kMoments; ++i) acc[i] = t.w[r] * load(rows[r] + i * s.row + j0);
             for (int k = 0; k < r; ++k) {
