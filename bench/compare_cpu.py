@@ -23,6 +23,7 @@ bench/test_bench_ops.py times the same contenders with pytest-benchmark.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import io
 import json
 import os
@@ -179,13 +180,12 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                "iqals_fast": iq.__version__}
-    for mod in ("skimage", "kornia", "pytorch_msssim", "PIL"):
+    versions = {"python": platform.python_version()}
+    for dist in ("iqals-fast", "torch", "numpy", "scikit-image", "kornia", "pytorch-msssim", "pillow"):
         try:
-            versions[mod] = __import__(mod).__version__
-        except (ImportError, AttributeError):
-            versions[mod] = None
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
     from iqals_fast import _C
 
     return {"cpu_model": model, "logical_cores": os.cpu_count(), "platform": platform.platform(),

@@ -6,10 +6,10 @@
 // padded so a block may run past the end of a row (its extra lanes are computed and ignored), and
 // image bytes are read and written with exact lengths.
 //
-// Arithmetic is float32 in the torch backend's order (filters horizontal first, then vertical;
-// noise added after the blur; one rounding), compiled without FMA contraction: every instruction
-// set computes the same bits, and a result differs from the torch backend only by the order of a
-// filter's sums and float rounding of log/cos.
+// Arithmetic is float32 in the torch backend's order (blur horizontal, then vertical; noise added
+// after the blur; one rounding), compiled without FMA contraction: every instruction set computes
+// the same bits. A result differs from the torch backend's only by the order of a filter's sums
+// (and SSIM filters its moments vertically first) and by float rounding of log and cos.
 #include "distort_ssim.h"
 
 #include <algorithm>
@@ -189,7 +189,6 @@ void distort_image(const uint8_t* img, int h, int w, const Taps& blur, const Noi
     float* rows = pad + d.pad;
     uint32_t* w0 = reinterpret_cast<uint32_t*>(rows + d.blur);  // the row's Philox words
     uint32_t* w1 = w0 + d.row;
-
     const int r = (blur.n - 1) / 2;
 
     // Stage 1: horizontal pass.
