@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="test data (default: the run's training data source)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--backend", default="auto")
+    e.add_argument("--test-subset", type=_positive_int, default=None, help="a class-balanced subset of N test images (quick look)")
 
     tb = sub.add_parser("table", help="Table 2 from evaluated runs (Markdown; CSV with --out)")
     tb.add_argument("runs", nargs="+", type=Path)
@@ -107,7 +108,7 @@ def _run(args) -> int:
         from .evaluate import evaluate
 
         for r in args.runs:
-            res = evaluate(r, data=args.data, device=args.device, backend=args.backend)
+            res = evaluate(r, data=args.data, device=args.device, backend=args.backend, test_subset=args.test_subset)
             accs = "  ".join(f"{k} {100 * v['accuracy']:.2f}" for k, v in res["results"].items())
             print(f"{r}: {accs}")
     elif args.command == "table":

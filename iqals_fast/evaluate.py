@@ -49,12 +49,16 @@ def predict(model, images: np.ndarray, device, batch: int = 1000) -> np.ndarray:
 
 
 def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend: str = "auto",
-             dataset: Dataset | None = None, sets=None) -> dict:
-    """Accuracy of a trained run on the ten test sets; writes ``RUN/eval.json`` atomically."""
+             dataset: Dataset | None = None, sets=None, test_subset: int | None = None) -> dict:
+    """Accuracy of a trained run on the ten test sets; writes ``RUN/eval.json`` atomically.
+
+    ``test_subset`` keeps a class-balanced N of the test images (a quick look; Table 2 uses the whole test set).
+    """
     run = Path(run)
     t0 = time.perf_counter()
     model, cfg = load_model(run, device)
     ds = dataset if dataset is not None else load(data or cfg["data"])
+    ds = ds.test_subset(test_subset)
     if ds.checksum != cfg["dataset"]["checksum"]:
         print(f"note: evaluating on {ds.source}, not the training data's source {cfg['dataset']['source']}")
     sets = sets if sets is not None else test_sets(ds, backend)

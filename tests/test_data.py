@@ -182,3 +182,13 @@ def test_epoch_data_uses_the_plan(gen):
 
     ref = iq.distort(x[i:i + 1], KINDS[plan.kind[i]], 2, seed=plan.noise_seed, ids=[i])
     np.testing.assert_array_equal(y[i:i + 1], ref)
+
+
+def test_test_subset_is_class_balanced_and_fixed():
+    ds = synthetic(100, 200)
+    t = ds.test_subset(50)
+    assert np.bincount(t.test_y, minlength=10).tolist() == [5] * 10
+    np.testing.assert_array_equal(t.test_x, ds.test_subset(50).test_x)
+    assert ds.test_subset(None) is ds
+    with pytest.raises(DataError, match="--test-subset"):
+        ds.test_subset(0)

@@ -63,6 +63,21 @@ class Dataset:
                        f"{self.source} (train subset {n}, seed {seed})", self.checksum)
 
 
+    def test_subset(self, n: int | None) -> Dataset:
+        """A class-balanced test subset: the first images of each class in turn (no randomness)."""
+        if n is None or n >= len(self.test_y):
+            return self
+        if n < 1:
+            raise DataError(f"--test-subset must be >= 1, got {n}")
+        rank = np.zeros(len(self.test_y), np.int64)
+        for c in range(self.num_classes):
+            idx = np.flatnonzero(self.test_y == c)
+            rank[idx] = np.arange(len(idx))
+        take = np.sort(np.lexsort((self.test_y, rank))[:n])
+        return Dataset(self.train_x, self.train_y, self.test_x[take], self.test_y[take], self.classes,
+                       f"{self.source} (test subset {n})", self.checksum)
+
+
 def cache_dir() -> Path:
     d = Path(os.environ.get("IQALS_CACHE", Path.home() / ".cache" / "iqals-fast"))
     d.mkdir(parents=True, exist_ok=True)
