@@ -84,7 +84,8 @@ def main() -> None:
             rows[f"distort_and_score {kind} level 2 ({backend} backend)"] = n / t
 
     md = ["| what | images/s |", "|---|---|"] + [f"| {k} | {v:,.0f} |" for k, v in rows.items()]
-    machine = f"{versions()['processor']}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    machine = (f"{versions()['processor']}, {os.cpu_count()} cores, "
+               f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     text = f"# CPU pipeline throughput\n\n{machine}; {n} images from {ds.source}\n" \
            f"backends available: {iq.backends('distort_score')}\n\n" + "\n".join(md) + "\n"
     print(text)

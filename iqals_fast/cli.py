@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one strategy of Table 2")
     t.add_argument("--strategy", type=_strategy, default=9, help="1-9, Table 2's rows (default 9: MIX_all3 + IQA-LS)")
-    t.add_argument("--data", default="cifar10", help="cifar10 | synthetic | dir or .tar.gz of CIFAR batches or class folders")
+    t.add_argument("--data", default="cifar10", help="cifar10 | synthetic | dir or .tar.gz of CIFAR batches / class folders")
     t.add_argument("--epochs", type=_positive_int, default=2000, help="epochs (lr steps scale with it; paper: 2000)")
     t.add_argument("--train-subset", type=_positive_int, default=None, help="train on a class-balanced subset of N images")
     t.add_argument("--seed", type=int, default=0)
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="test data (default: the run's training data source)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--backend", default="auto")
-    e.add_argument("--test-subset", type=_positive_int, default=None, help="a class-balanced subset of N test images (quick look)")
+    e.add_argument("--test-subset", type=_positive_int, default=None, help="a class-balanced N test images")
 
     tb = sub.add_parser("table", help="Table 2 from evaluated runs (Markdown; CSV with --out)")
     tb.add_argument("runs", nargs="+", type=Path)

@@ -139,7 +139,7 @@ class Protocol:
     train_subset: int | None = None
     mixture: tuple[float, float, float, float] = field(default=MIXTURE)
 
-    def scaled(self, epochs: int | None = None, train_subset: int | None = None) -> "Protocol":
+    def scaled(self, epochs: int | None = None, train_subset: int | None = None) -> Protocol:
         """A reduced protocol: the lr steps keep their place relative to the run's length."""
         e = self.epochs if epochs is None else int(epochs)
         if e < 1:

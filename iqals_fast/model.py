@@ -17,6 +17,8 @@ TensorFlow specifics reproduced exactly:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -78,7 +80,7 @@ class PaperCNN(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 5, padding=2)
         self.conv2 = nn.Conv2d(64, 64, 5, padding=2)
-        side = -(-(-(-image_size // 2)) // 2)  # two SAME stride-2 pools: ceil(ceil(s/2)/2)
+        side = math.ceil(math.ceil(image_size / 2) / 2)  # two SAME stride-2 pools
         self.fc1 = nn.Linear(64 * side * side, 384)
         self.fc2 = nn.Linear(384, 192)
         self.fc3 = nn.Linear(192, num_classes)

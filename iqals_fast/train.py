@@ -165,7 +165,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
                 bar.update(1)
                 if b % 10 == 0 or b == steps - 1:
                     el = bar.format_dict["elapsed"] or 1e-9
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}", img_s=f"{bar.n * cfg.batch_size / el:.0f}")
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}",
+                                    img_s=f"{bar.n * cfg.batch_size / el:.0f}")
             dt = time.perf_counter() - t0
             rec = {"epoch": epoch + 1, "lr": lr, "loss": float(loss_sum) / n, "train_acc": float(correct) / n,
                    "seconds": dt, "data_seconds": t_data, "images_per_s": n / dt,

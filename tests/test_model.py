@@ -61,7 +61,8 @@ def test_architecture_and_initialisation():
 
 
 def test_paper_protocol_and_scaled_schedule():
-    assert (PAPER.epochs, PAPER.batch_size, PAPER.lr, PAPER.lr_step_epochs, PAPER.weight_decay) == (2000, 100, 0.1, 350, 0.004)
+    p = PAPER
+    assert (p.epochs, p.batch_size, p.lr, p.lr_step_epochs, p.weight_decay) == (2000, 100, 0.1, 350, 0.004)
     assert PAPER.lr_at(349) == 0.1 and PAPER.lr_at(350) == pytest.approx(0.01) and PAPER.lr_at(1999) == pytest.approx(1e-6)
     p = PAPER.scaled(epochs=40)
     assert p.lr_step_epochs == 7 and p.lr_at(6) == 0.1 and p.lr_at(7) == pytest.approx(0.01)

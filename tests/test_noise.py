@@ -27,8 +27,8 @@ def test_mulhilo_exact_against_python_integers():
     b = torch.cat([b, torch.tensor([0, 1, 2**32 - 1, 2**31, 2**31 - 1])])
     for a in (0xD2511F53, 0xCD9E8D57):
         hi, lo = _mulhilo(a, b)
-        for x, h, l in zip(b.tolist(), hi.tolist(), lo.tolist()):
-            assert (a * x) >> 32 == h and (a * x) & 0xFFFFFFFF == l
+        for x, h, lw in zip(b.tolist(), hi.tolist(), lo.tolist()):
+            assert (a * x) >> 32 == h and (a * x) & 0xFFFFFFFF == lw
 
 
 def _python_normal(seed, img_id, offset):
@@ -55,7 +55,8 @@ def test_normals_follow_the_documented_scheme():
     z = normals(seed, ids, h, w)
     for i, img in enumerate(ids.tolist()):
         for r, col, ch in [(0, 0, 0), (1, 3, 2), (2, 4, 1)]:
-            assert float(z[i, r, col, ch]) == pytest.approx(float(_python_normal(seed, img, (r * w + col) * 3 + ch)), abs=2e-6)
+            ref = _python_normal(seed, img, (r * w + col) * 3 + ch)
+            assert float(z[i, r, col, ch]) == pytest.approx(float(ref), abs=2e-6)
 
 
 def test_normals_are_standard_normal():

@@ -1,9 +1,7 @@
 """Training, resume, evaluation, reports and the command line, end to end on small data."""
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -39,7 +37,7 @@ def test_resume_reaches_the_same_weights(tmp_path):
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
     lines = (part / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
-    assert set(json.loads(lines[0])["mean_ssim"]) == {f"{k}{l}" for k in ("blur", "noise", "jpeg") for l in (1, 2, 3)}
+    assert set(json.loads(lines[0])["mean_ssim"]) == {f"{k}{lv}" for k in ("blur", "noise", "jpeg") for lv in (1, 2, 3)}
 
 
 def test_run_protection_and_resume_checks(tmp_path):
@@ -67,7 +65,7 @@ def test_reports(tmp_path):
         r = train(cfg(tmp_path, f"s{s}", strategy=s, epochs=1), dataset=DS, progress=False)
         runs.append(r)
         res = evaluate(r, dataset=DS)
-        assert set(res["results"]) == {"pristine"} | {f"{k}{l}" for k in ("blur", "noise", "jpeg") for l in (1, 2, 3)}
+        assert set(res["results"]) == {"pristine"} | {f"{k}{lv}" for k in ("blur", "noise", "jpeg") for lv in (1, 2, 3)}
     md = table(runs, out_dir=tmp_path / "rep")
     assert "| 1 | Pristine |" in md and "| 3 | MIX_blur + IQA-LS |" in md
     assert (tmp_path / "rep" / "table2.csv").read_text().count("\n") == 31

@@ -17,8 +17,8 @@ Operations and their signatures (tensors already validated by the public API):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -82,10 +82,10 @@ def _load_optional() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import torch_backend  # noqa: F401  (always present)
-
     import importlib
     import importlib.util
+
+    from . import torch_backend  # noqa: F401  (always present)
 
     for mod in ("cpu_backend", "triton_backend", "dali_backend"):
         # A backend module that exists is imported and decides itself whether it registers (its

@@ -20,7 +20,6 @@ from ._images import to_uint8
 from .filters import gaussian_blur, planes
 from .noise import normals
 
-
 CHUNK = 512  # images per step: keeps the float temporaries cache-sized on CPU
 
 
