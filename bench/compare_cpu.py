@@ -231,6 +231,12 @@ def markdown(results: dict, m: dict, n: int, rounds: int, load: tuple) -> str:
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
              f"Median of {rounds} rounds (each round runs every contender once, in turn); best round in brackets.",
              "Ratio = cpu backend images/s / contender images/s.", ""]
+    targets = [("blur+noise+SSIM", "kornia", 25), ("blur+noise+SSIM", "scikit-image", 60), ("SSIM", "scikit-image", 40)]
+    checks = [f"{op} >= {goal}x {peer}: {results[op][peer]['cpu_ratio']:.1f}x "
+              f"({'met' if results[op][peer]['cpu_ratio'] >= goal else 'NOT met'})"
+              for op, peer, goal in targets if op in results and peer in results[op] and "cpu" in results[op]]
+    if checks:
+        lines += ["Targets of issue 3: " + "; ".join(checks) + ".", ""]
     for op, rows in results.items():
         lines += [f"## {op}", "", "| contender | images/s (median) | images/s (best) | cpu backend ratio |",
                   "|---|---:|---:|---:|"]
