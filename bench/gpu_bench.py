@@ -3,16 +3,22 @@
 Run from the repository root (bench/gpu_check.sh does, after installing and testing):
 
     python bench/gpu_bench.py --device cuda --n 50000 --out bench/results
+    python bench/gpu_bench.py --device cuda --n 50000 --quick    # what matters only (bench/gpu_quick.sh)
     TRITON_INTERPRET=1 python bench/gpu_bench.py --device cpu --n 200 --tiny   # dry run of every code path
 
 Steps (each guarded: one failing step records its error and the others still run):
   env      device name, torch / triton / library versions
   images   decode the CIFAR-10 training JPEGs ($IQALS_CIFAR_JPEG, default .data/cifar10-jpeg.tar.gz)
-  distort  blur(1.0) + noise(0.01) + SSIM: Triton fused kernel (TF32-split and IEEE dots, a few launch
-           shapes) vs the torch backend, kornia, pytorch-msssim, torchmetrics, fused-ssim where they
-           import; SSIM-only timings too; parity of the Triton result against the torch backend
-  loss     soft-label MSE forward + backward, K = 10, B in 100 .. 65536: Triton (eager autograd.Function
-           and the torch.library custom op) vs eager PyTorch autograd of the reference
+  distort  blur(1.0) + noise(0.01) + SSIM: Triton fused kernel (its default configuration and the
+           CANDIDATES: dot mode, programs per SM, warps, register cap) vs the torch backend, kornia,
+           pytorch-msssim, torchmetrics, fused-ssim where they import; SSIM-only timings too; parity of
+           the Triton result against the torch backend (--quick: no torchmetrics / IEEE dots)
+  loss     soft-label MSE forward + backward, K = 10, B in 100 .. 65536, in two regimes:
+           "dispatched": each step called from Python (autograd.grad included) - what an eager
+           training loop pays, dominated by host overhead at small B; "graphed": forward + backward
+           captured once in a CUDA graph and replayed - what a graphed training step pays (the
+           kernels, not Python). Triton (autograd.Function; the torch.library custom op when
+           dispatched) vs eager PyTorch autograd of the reference.
 Timings: CUDA events around `repeats` calls after `warmup` calls; median (and min) per call.
 Writes one JSON (everything measured) to --out (default $OUT or bench/results) and prints a table.
 More steps (training throughput) can be appended to STEPS.
@@ -135,6 +141,16 @@ def step_images(ctx):
             "decode_s": time.perf_counter() - t0}
 
 
+CANDIDATES = {
+    # name: distort_ssim keyword arguments (the kernel's defaults fill the rest)
+    "fp16_pps4_w4": dict(dot="fp16", programs_per_sm=4, num_warps=4),
+    "fp16_pps2_w8": dict(dot="fp16", programs_per_sm=2, num_warps=8),
+    "fp16_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168),
+    "tf32_pps2_w4": dict(dot="tf32", programs_per_sm=2, num_warps=4),
+}
+"""Configurations of the fused kernel timed beside its default (each compiles once, ~2-5 s)."""
+
+
 def step_distort(ctx):
     import importlib
 
@@ -149,7 +165,10 @@ def step_distort(ctx):
     n = x.shape[0]
     ids = torch.arange(n, device=dev)
     std = VAR**0.5
-    res = {"n": n, "sigma": SIGMA, "var": VAR, "timings": {}, "ssim_only": {}, "errors": {}}
+    res = {"n": n, "sigma": SIGMA, "var": VAR, "timings": {}, "ssim_only": {}, "errors": {},
+           "default_config": {"dot": kds.DEFAULT_DOT, "programs_per_sm": kds.PROGRAMS_PER_SM,
+                              "num_warps": kds.NUM_WARPS, "maxnreg": kds.MAXNREG},
+           "candidates": CANDIDATES}
     tm = res["timings"]
     rep = dict(warmup=args.warmup, repeats=args.repeats)
 
@@ -161,14 +180,12 @@ def step_distort(ctx):
             res["errors"][name] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
 
-    # -- Triton fused kernel: default, both dot precisions, a few persistent-grid shapes
+    # -- Triton fused kernel: the default configuration, then the candidates
     run(tm, "triton", lambda: kds.distort_ssim(x, SIGMA, std, SEED, ids, True))
-    run(tm, "triton_ieee", lambda: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, tf32=False))
-    if dev.type == "cuda":
-        for pps in (2, 8, 16):
-            for nw in (4, 8):
-                run(tm, f"triton_pps{pps}_w{nw}", lambda pps=pps, nw=nw: kds.distort_ssim(
-                    x, SIGMA, std, SEED, ids, True, programs_per_sm=pps, num_warps=nw))
+    for name, kw in CANDIDATES.items():
+        run(tm, f"triton_{name}", lambda kw=kw: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, **kw))
+    if not args.quick:
+        run(tm, "triton_ieee", lambda: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, dot="ieee"))
     # -- the torch backend on the same device (the reference)
     run(tm, "torch_backend", lambda: ref.distort_score(x, SIGMA, VAR, SEED, ids, True))
 
@@ -215,7 +232,7 @@ def step_distort(ctx):
     else:
         res["errors"]["pytorch_msssim"] = msssim
 
-    tmetrics = _try_import("torchmetrics.functional")
+    tmetrics = _try_import("torchmetrics.functional") if not args.quick else "skipped (--quick)"
     if not isinstance(tmetrics, str):
         def tm_pipe():
             return tmetrics.structural_similarity_index_measure(
@@ -226,7 +243,7 @@ def step_distort(ctx):
         res["errors"]["torchmetrics"] = tmetrics
 
     for mod in ("fused_ssim", "fussim"):
-        fs = _try_import(mod)
+        fs = _try_import(mod) if not args.quick else "skipped (--quick)"
         if isinstance(fs, str):
             res["errors"][mod] = fs
             continue
@@ -239,6 +256,9 @@ def step_distort(ctx):
     # -- SSIM only (images distorted elsewhere, e.g. JPEG): the fused kernel's score-only mode
     y8 = ref.distort_score(x, SIGMA, VAR, SEED, ids, False)[0]
     run(res["ssim_only"], "triton", lambda: kds.distort_ssim(x, distorted=y8))
+    for name, kw in CANDIDATES.items():
+        if name in ("fp16_pps4_w4", "fp16_pps2_w8"):
+            run(res["ssim_only"], f"triton_{name}", lambda kw=kw: kds.distort_ssim(x, distorted=y8, **kw))
     run(res["ssim_only"], "torch_backend", lambda: ref.ssim(x, y8))
 
     base = tm.get("triton", {}).get("median_s")
@@ -246,7 +266,26 @@ def step_distort(ctx):
         t["triton_speedup"] = (t["median_s"] / base) if base else None
     best = min((v["median_s"], k) for k, v in tm.items() if k.startswith("triton"))
     res["best_triton"] = {"config": best[1], "ms": best[0] * 1e3, "images_per_s": n / best[0]}
+    for peer in ("kornia", "pytorch_msssim(+torch blur)"):
+        if peer in tm:
+            res["best_triton"][f"x_{peer.split('(')[0]}"] = tm[peer]["median_s"] / best[0]
     return res
+
+
+def graphed(step, dev):
+    """Capture step() (forward + backward) in a CUDA graph after a warm-up on a side stream; returns
+    (graph, the step's static outputs)."""
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        for _ in range(3):  # compiles, allocates the kernel's scratch, warms the allocator
+            step()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    torch.cuda.synchronize(dev)
+    return graph, out
 
 
 def step_loss(ctx):
@@ -255,7 +294,7 @@ def step_loss(ctx):
 
     args, dev = ctx["args"], ctx["device"]
     k = 10
-    res = {"k": k, "by_batch": {}, "errors": {}}
+    res = {"k": k, "by_batch": {}, "graphed": {}, "errors": {}}
     for b in args.loss_batches:
         g = torch.Generator(device="cpu").manual_seed(b)
         z = (torch.randn(b, k, generator=g) * 3).to(dev).requires_grad_()
@@ -271,15 +310,16 @@ def step_loss(ctx):
             "triton": tbk.soft_label_mse,
             "triton_custom_op": lambda a, b_, c: tbk.soft_label_mse_op(a, b_, c, True)[0],
         }
+        inner = (50 if b <= 10000 else 10) if dev.type == "cuda" else 1
         row = {}
         ref_grad = step(fns["eager"])
+        # -- Python-dispatched: each step from Python
         for name, fn in fns.items():
             try:
                 gr = step(fn)
                 err = float((gr - ref_grad).abs().max())
-                inner = 50 if b <= 10000 else 10
                 row[name] = {**timeit(lambda fn=fn: step(fn), dev, warmup=args.warmup, repeats=args.repeats,
-                                      inner=inner if dev.type == "cuda" else 1), "grad_max_abs_diff": err}
+                                      inner=inner), "grad_max_abs_diff": err}
             except Exception as e:
                 res["errors"][f"{name}@{b}"] = f"{type(e).__name__}: {e}"
                 traceback.print_exc()
@@ -287,6 +327,24 @@ def step_loss(ctx):
             if "eager" in row:
                 row[name]["speedup_vs_eager"] = row["eager"]["median_s"] / row[name]["median_s"]
         res["by_batch"][str(b)] = row
+        # -- graphed: forward + backward captured once, replayed (CUDA only)
+        if dev.type != "cuda":
+            continue
+        grow = {}
+        for name in ("eager", "triton"):
+            try:
+                graph, gr = graphed(lambda fn=fns[name]: step(fn), dev)
+                graph.replay()
+                err = float((gr - ref_grad).abs().max())
+                grow[name] = {**timeit(graph.replay, dev, warmup=args.warmup, repeats=args.repeats,
+                                       inner=inner * 4), "grad_max_abs_diff": err}
+                del graph
+            except Exception as e:
+                res["errors"][f"graphed_{name}@{b}"] = f"{type(e).__name__}: {e}"
+                traceback.print_exc()
+        if "eager" in grow and "triton" in grow:
+            grow["triton"]["speedup_vs_eager"] = grow["eager"]["median_s"] / grow["triton"]["median_s"]
+        res["graphed"][str(b)] = grow
     return res
 
 
@@ -307,6 +365,7 @@ def print_table(results):
     d = results.get("distort")
     if isinstance(d, dict) and "timings" in d:
         print(f"\nblur({SIGMA}) + noise({VAR}) + SSIM, {d['n']} images (median of repeats)")
+        print("default config:", d.get("default_config"), " best:", d.get("best_triton"))
         print(f"{'implementation':34s} {'ms':>10s} {'images/s':>14s} {'x slower than triton':>22s}")
         for name, t in sorted(d["timings"].items(), key=lambda kv: kv[1]["median_s"]):
             ratio = t.get("triton_speedup") or 0
@@ -324,6 +383,13 @@ def print_table(results):
             sp = {nm: row[nm].get("speedup_vs_eager", float("nan")) if nm in row else float("nan") for nm in NAMES}
             print(f"{b:>7s} {us['eager']:10.1f} {us['triton']:10.1f} {sp['triton']:8.2f} "
                   f"{us['triton_custom_op']:10.1f} {sp['triton_custom_op']:8.2f}")
+        if lo.get("graphed"):
+            print("\nthe same, forward + backward captured in a CUDA graph and replayed (microseconds per step)")
+            print(f"{'B':>7s} {'eager':>10s} {'triton':>10s} {'speedup':>8s}")
+            for b, row in lo["graphed"].items():
+                e = row.get("eager", {}).get("median_s", float("nan")) * 1e6
+                tr = row.get("triton", {}).get("median_s", float("nan")) * 1e6
+                print(f"{b:>7s} {e:10.2f} {tr:10.2f} {row.get('triton', {}).get('speedup_vs_eager', float('nan')):8.2f}")
         if lo.get("errors"):
             print("errors:", lo["errors"])
     for name, v in results.items():
@@ -341,6 +407,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--loss-batches", default="100,1000,10000,65536")
     p.add_argument("--tiny", action="store_true", help="CPU dry run: 1 warm-up, 2 repeats, small loss batches")
+    p.add_argument("--quick", action="store_true",
+                   help="only what the targets need: no torchmetrics / fused-ssim / IEEE-dot timings")
     args = p.parse_args(argv)
     args.loss_batches = [int(v) for v in args.loss_batches.split(",")]
     if args.tiny:

@@ -20,14 +20,29 @@ Maths, per channel, on the 0..255 scale:
    float32 cancellation in E[x^2] - E[x]^2), ten ``tl.dot``; then Wang et al.'s formula with
    C1 = (K1 * 255)^2, C2 = (K2 * 255)^2 and a masked sum over the valid positions.
 
-Precision of the dots. ``TF32=True`` (the default on GPU) runs each float32 product on tensor cores as
-a sum of TF32 products of a rounded hi/lo split (hi = x rounded to 11 significant bits, lo = the rest
-rounded the same way): ``a b ~ a_lo b_hi + a_hi b_lo + a_hi b_hi``, dropping a_lo b_lo (< 2**-24 of
-|a b|), i.e. float32 accuracy at three tensor-core products. Pixel values (integers) and shifted
-pixels (half integers) are exact in TF32, so their products need two dots, not three; squares and
-cross products of shifted pixels are quarter integers below 2**14, exact as hi + lo. The split is
-done here by bit masking (not ``input_precision="tf32x3"``) so the Triton interpreter runs the same
-arithmetic and CPU tests check it. ``TF32=False`` uses ``input_precision="ieee"`` (CUDA-core FMA).
+Precision of the dots. Three modes (``DOT``), all float32-accurate except where noted:
+
+- ``"fp16"`` (the default): tensor-core fp16 products with float32 accumulation. fp16 and TF32 both
+  carry 11 significant bits, but fp16 runs at twice TF32's rate and takes half the registers. Each
+  float32 operand f is split as ``f = hi + lo + O(2**-24 |f|)`` with hi = fp16(f), lo = fp16(f - hi)
+  (round to nearest), and ``a b ~ a_lo b_hi + a_hi b_lo + a_hi b_hi`` (a_lo b_lo < 2**-24 |a b|
+  dropped): three products; products of 11-bit significands are exact in the float32 accumulator.
+  Pixels (0..255) and shifted pixels (half integers below 128) are exact in fp16, so their products
+  take two dots; squares and cross products of shifted pixels are quarter integers below 2**14,
+  exact as hi + lo. fp16's narrow exponent is handled by scaling: the filter matrices are split
+  after multiplying by a power of two 2**s (chosen on the host so the smallest tap's lo part is a
+  normal number and the largest product stays far below 65504) and the results multiplied by 2**-s,
+  both exact.
+- ``"tf32"``: the same split on TF32 operands, by bit masking (hi = x rounded to 11 significant
+  bits, lo = the rest rounded the same way); half fp16's rate and twice its registers.
+- ``"ieee"``: ``input_precision="ieee"`` (float32 FMA on CUDA cores).
+The splits are written out (not ``input_precision="tf32x3"``) so the Triton interpreter runs the same
+arithmetic and CPU tests check it.
+
+Registers. The eight split filter matrices stay in registers for the program's whole batch loop; the
+channel loop is a loop (not unrolled) so one channel's planes are live at a time. (The first version
+held twelve float32 matrices and unrolled the channels: 255 registers and 1.6 KB of spills per
+thread on sm_90, which is what made the fused kernel four times slower than score-only.)
 
 Tiling. Images up to 32 x 32 are one tile (16 or 32 padded, masks for the rest); larger ones are cut
 into 32 x 32 distorted tiles that overlap by the SSIM window minus one (10 pixels), each reading a
@@ -40,6 +55,7 @@ matrices once and loops over images.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import triton
@@ -67,9 +83,41 @@ def _split_tf32(x):
 
 
 @triton.jit
-def _dot_xm(x, m, m_hi, m_lo, TF32: tl.constexpr, X_EXACT: tl.constexpr):
-    """x @ m for a constant matrix m given whole and pre-split; X_EXACT: x is exact in TF32."""
-    if TF32:
+def _split_f16(x):
+    """x = hi + lo + O(2**-24 |x|) with hi, lo fp16 (round to nearest), for |x| well inside fp16's range."""
+    hi = x.to(tl.float16)
+    lo = (x - hi.to(tl.float32)).to(tl.float16)
+    return hi, lo
+
+
+@triton.jit
+def _prep(m, scale, DOT: tl.constexpr):
+    """A constant float32 matrix as the (hi, lo) pair the dots take (fp16: of m * scale; ieee: (m, m))."""
+    if DOT == 0:
+        hi, lo = _split_f16(m * scale)
+    elif DOT == 1:
+        hi, lo = _split_tf32(m)
+    else:
+        hi = m
+        lo = m
+    return hi, lo
+
+
+@triton.jit
+def _dot_xm(x, m_hi, m_lo, inv_scale, DOT: tl.constexpr, X_EXACT: tl.constexpr):
+    """x @ m for a constant matrix m given as its split; X_EXACT: x is exact in fp16 / TF32."""
+    if DOT == 0:
+        if X_EXACT:
+            xh = x.to(tl.float16)
+            acc = tl.dot(xh, m_lo)
+            acc = tl.dot(xh, m_hi, acc)
+        else:
+            x_hi, x_lo = _split_f16(x)
+            acc = tl.dot(x_lo, m_hi)
+            acc = tl.dot(x_hi, m_lo, acc)
+            acc = tl.dot(x_hi, m_hi, acc)
+        acc = acc * inv_scale
+    elif DOT == 1:
         if X_EXACT:
             acc = tl.dot(x, m_lo, input_precision="tf32")
             acc = tl.dot(x, m_hi, acc, input_precision="tf32")
@@ -79,26 +127,31 @@ def _dot_xm(x, m, m_hi, m_lo, TF32: tl.constexpr, X_EXACT: tl.constexpr):
             acc = tl.dot(x_hi, m_lo, acc, input_precision="tf32")
             acc = tl.dot(x_hi, m_hi, acc, input_precision="tf32")
     else:
-        acc = tl.dot(x, m, input_precision="ieee")
+        acc = tl.dot(x, m_hi, input_precision="ieee")
     return acc
 
 
 @triton.jit
-def _dot_mx(m, m_hi, m_lo, x, TF32: tl.constexpr):
-    """m @ x for a constant matrix m given whole and pre-split, x any float32."""
-    if TF32:
+def _dot_mx(m_hi, m_lo, inv_scale, x, DOT: tl.constexpr):
+    """m @ x for a constant matrix m given as its split, x any float32 (|x| < 2**15 for fp16)."""
+    if DOT == 0:
+        x_hi, x_lo = _split_f16(x)
+        acc = tl.dot(m_lo, x_hi)
+        acc = tl.dot(m_hi, x_lo, acc)
+        acc = tl.dot(m_hi, x_hi, acc)
+        acc = acc * inv_scale
+    elif DOT == 1:
         x_hi, x_lo = _split_tf32(x)
         acc = tl.dot(m_lo, x_hi, input_precision="tf32")
         acc = tl.dot(m_hi, x_lo, acc, input_precision="tf32")
         acc = tl.dot(m_hi, x_hi, acc, input_precision="tf32")
     else:
-        acc = tl.dot(m, x, input_precision="ieee")
+        acc = tl.dot(m_hi, x, input_precision="ieee")
     return acc
 
 
 @triton.jit
-def _blur_matrix(taps_ptr, out0, in0, n, R: tl.constexpr, PO: tl.constexpr, PI: tl.constexpr,
-                 TRANSPOSE: tl.constexpr):
+def _blur_matrix(taps_ptr, out0, in0, n, R, PO: tl.constexpr, PI: tl.constexpr, TRANSPOSE: tl.constexpr):
     """A[o, i] = sum_t w_t [clamp(out0 + o + t - R, 0, n - 1) == in0 + i]  (PO x PI, or PI x PO)."""
     if TRANSPOSE:
         o = out0 + tl.arange(0, PO)[None, :]
@@ -108,7 +161,7 @@ def _blur_matrix(taps_ptr, out0, in0, n, R: tl.constexpr, PO: tl.constexpr, PI: 
         o = out0 + tl.arange(0, PO)[:, None]
         i = in0 + tl.arange(0, PI)[None, :]
         a = tl.zeros((PO, PI), dtype=tl.float32)
-    for t in tl.static_range(2 * R + 1):
+    for t in range(2 * R + 1):  # a runtime loop: every blur radius shares one compiled kernel
         w = tl.load(taps_ptr + t)
         src = tl.minimum(tl.maximum(o + (t - R), 0), n - 1)
         a += tl.where(src == i, w, 0.0)
@@ -126,10 +179,10 @@ def _window_matrix(taps_ptr, WIN: tl.constexpr, P: tl.constexpr, TRANSPOSE: tl.c
 
 
 @triton.jit
-def _window(f, br, br_hi, br_lo, bct, bct_hi, bct_lo, TF32: tl.constexpr, EXACT: tl.constexpr):
+def _window(f, br_hi, br_lo, bct_hi, bct_lo, inv_scale, DOT: tl.constexpr, EXACT: tl.constexpr):
     """B_r f B_c^T: the Gaussian-weighted mean of f over every valid 11 x 11 window of the tile."""
-    g = _dot_xm(f, bct, bct_hi, bct_lo, TF32, EXACT)
-    return _dot_mx(br, br_hi, br_lo, g, TF32)
+    g = _dot_xm(f, bct_hi, bct_lo, inv_scale, DOT, EXACT)
+    return _dot_mx(br_hi, br_lo, inv_scale, g, DOT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,15 +190,14 @@ def _window(f, br, br_hi, br_lo, bct, bct_hi, bct_lo, TF32: tl.constexpr, EXACT:
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["N", "H", "W", "seed", "noise_scale", "n_tiles_h", "n_tiles_w"])
+@triton.jit(do_not_specialize=["N", "H", "W", "seed", "noise_scale", "n_tiles_h", "n_tiles_w", "R"])
 def distort_ssim_kernel(
     x_ptr, y_ptr, out_ptr, ids_ptr, blur_taps_ptr, win_taps_ptr, score_ptr,
-    N, H, W, seed, noise_scale, n_tiles_h, n_tiles_w, c1, c2,
-    BLUR: tl.constexpr, NOISE: tl.constexpr, SCORE: tl.constexpr, READ_Y: tl.constexpr,
-    R: tl.constexpr, WIN: tl.constexpr,
+    N, H, W, seed, noise_scale, n_tiles_h, n_tiles_w, c1, c2, blur_scale, win_scale, R,
+    BLUR: tl.constexpr, NOISE: tl.constexpr, SCORE: tl.constexpr, READ_Y: tl.constexpr, WIN: tl.constexpr,
     PDH: tl.constexpr, PDW: tl.constexpr, PIH: tl.constexpr, PIW: tl.constexpr,
     TSH: tl.constexpr, TSW: tl.constexpr, SAME_TILE: tl.constexpr, SINGLE_TILE: tl.constexpr,
-    TF32: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     # -- Stage 0: which tile, which pixels. Distorted tile rows [r0, r0 + PDH), pristine [p0, p0 + PIH).
     pid_n = tl.program_id(0)
@@ -179,26 +231,25 @@ def distort_ssim_kernel(
     m_ok_w = (tl.arange(0, PDW) < TSW) & (cd <= W - WIN)
     m_ok = m_ok_h[:, None] & m_ok_w[None, :]
 
-    # -- Stage 1: the constant matrices, built once per program (blur with the border folded in; window).
+    # -- Stage 1: the constant matrices, built and split once per program (blur with the border folded
+    #    in; the valid-window filter). fp16: scaled by a power of two so every split part is normal.
     if BLUR:
-        a_r = _blur_matrix(blur_taps_ptr, r0, p0, H, R, PDH, PIH, False)  # PDH x PIH
-        a_ct = _blur_matrix(blur_taps_ptr, c0, q0, W, R, PDW, PIW, True)  # PIW x PDW
-        a_r_hi, a_r_lo = _split_tf32(a_r)
-        a_ct_hi, a_ct_lo = _split_tf32(a_ct)
+        a_r_hi, a_r_lo = _prep(_blur_matrix(blur_taps_ptr, r0, p0, H, R, PDH, PIH, False), blur_scale, DOT)
+        a_ct_hi, a_ct_lo = _prep(_blur_matrix(blur_taps_ptr, c0, q0, W, R, PDW, PIW, True), blur_scale, DOT)
     if SCORE:
-        b_r = _window_matrix(win_taps_ptr, WIN, PDH, False)  # PDH x PDH
-        b_ct = _window_matrix(win_taps_ptr, WIN, PDW, True)  # PDW x PDW
-        b_r_hi, b_r_lo = _split_tf32(b_r)
-        b_ct_hi, b_ct_lo = _split_tf32(b_ct)
+        b_r_hi, b_r_lo = _prep(_window_matrix(win_taps_ptr, WIN, PDH, False), win_scale, DOT)  # PDH x PDH
+        b_ct_hi, b_ct_lo = _prep(_window_matrix(win_taps_ptr, WIN, PDW, True), win_scale, DOT)  # PDW x PDW
         count = ((H - WIN + 1) * (W - WIN + 1) * 3).to(tl.float32)
+    inv_blur = 1.0 / blur_scale  # exact: the scales are powers of two
+    inv_win = 1.0 / win_scale
 
-    # -- Persistent loop over the batch.
+    # -- Persistent loop over the batch; the channels are a loop too (one channel's planes live at a time)
     for n in range(pid_n, N, nprog):
         base = tl.cast(n, tl.int64) * H * W * 3
         if NOISE:
             key = (seed.to(tl.uint64) << 32) | tl.load(ids_ptr + n).to(tl.uint64)
         total = 0.0
-        for c in tl.static_range(3):
+        for c in range(3):
             if READ_Y:
                 # -- score only: the distorted image comes from elsewhere (JPEG)
                 d = tl.load(y_ptr + base + pix_d + c, mask=d_in, other=0).to(tl.float32)
@@ -206,10 +257,10 @@ def distort_ssim_kernel(
             else:
                 # -- Stage 2: read the pristine tile once (uint8 -> float32 0..255, zero outside)
                 x = tl.load(x_ptr + base + pix_i + c, mask=i_in, other=0).to(tl.float32)
-                # -- Stage 3: blur = A_r X A_c^T (x is integer-valued: exact in TF32)
+                # -- Stage 3: blur = A_r X A_c^T (x is integer-valued: exact in fp16 and TF32)
                 if BLUR:
-                    t = _dot_xm(x, a_ct, a_ct_hi, a_ct_lo, TF32, True)  # PIH x PDW
-                    d = _dot_mx(a_r, a_r_hi, a_r_lo, t, TF32)  # PDH x PDW
+                    t = _dot_xm(x, a_ct_hi, a_ct_lo, inv_blur, DOT, True)  # PIH x PDW
+                    d = _dot_mx(a_r_hi, a_r_lo, inv_blur, t, DOT)  # PDH x PDW
                 else:
                     d = x
                 # -- Stage 4: white noise, the documented Philox scheme
@@ -228,11 +279,11 @@ def distort_ssim_kernel(
                 # -- Stage 6: the five windowed moments of the shifted planes, then the SSIM map
                 xs = xd - 127.5
                 ys = d - 127.5
-                mx = _window(xs, b_r, b_r_hi, b_r_lo, b_ct, b_ct_hi, b_ct_lo, TF32, True)
-                my = _window(ys, b_r, b_r_hi, b_r_lo, b_ct, b_ct_hi, b_ct_lo, TF32, True)
-                mxx = _window(xs * xs, b_r, b_r_hi, b_r_lo, b_ct, b_ct_hi, b_ct_lo, TF32, False)
-                myy = _window(ys * ys, b_r, b_r_hi, b_r_lo, b_ct, b_ct_hi, b_ct_lo, TF32, False)
-                mxy = _window(xs * ys, b_r, b_r_hi, b_r_lo, b_ct, b_ct_hi, b_ct_lo, TF32, False)
+                mx = _window(xs, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, True)
+                my = _window(ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, True)
+                mxx = _window(xs * xs, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, False)
+                myy = _window(ys * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, False)
+                mxy = _window(xs * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, False)
                 vx = mxx - mx * mx
                 vy = myy - my * my
                 vxy = mxy - mx * my
@@ -252,16 +303,36 @@ def distort_ssim_kernel(
 # Launcher
 # ---------------------------------------------------------------------------------------------
 
-DEFAULT_TF32 = True
-"""TF32 hi/lo split dots (tensor cores, float32 accuracy); False: input_precision="ieee"."""
-PROGRAMS_PER_SM = 4
-"""Persistent programs per SM and tile column on CUDA (the batch loop's grid)."""
+DOT_MODES = {"fp16": 0, "tf32": 1, "ieee": 2}
+"""The dots' arithmetic (see the module docstring); each value is the kernel's DOT constexpr."""
+DEFAULT_DOT = "fp16"
+"""fp16 hi/lo split dots: float32 accuracy at twice TF32's tensor-core rate, half its registers."""
+PROGRAMS_PER_SM = 2
+"""Persistent programs per SM and tile column on CUDA (the batch loop's grid). ptxas gives the fp16
+kernel about 250 registers per thread at 4 warps (sm_90, offline compile), so two programs are
+resident per SM: two per SM is one wave with no tail. (First H200 run, TF32 version: 2, 8 and 16
+equal, 4 slower.) The bench times 3 (with a 168-register cap) and 4 beside it."""
+NUM_WARPS = 4
+"""Warps per program: a 32 x 32 dot splits into four 16 x 16 warp tiles (8 warps was slower on H200)."""
+MAXNREG = None
+"""Register cap per thread (None: ptxas decides; it takes about 250 at 4 warps, so 2 programs fit an
+SM; 168 fits 3). The bench times the candidates."""
+F16_MIN_PART = 0.25
+"""fp16 scaling: the smallest nonzero tap times 2**s is at least this, so its lo part (~2**-12 of it)
+is a normal fp16 number (>= 2**-14)."""
 
 
 @functools.lru_cache(maxsize=64)
 def _taps(sigma: float, truncate: float, device: torch.device) -> torch.Tensor:
     # float64 taps rounded to float32, as the torch backend convolves with
     return torch.tensor(gaussian_taps(sigma, truncate), dtype=torch.float64).to(torch.float32).to(device)
+
+
+def _f16_scale(taps: torch.Tensor) -> float:
+    """2**s with min_tap * 2**s >= F16_MIN_PART; entries (folded taps, each <= 1) then stay <= 2**15."""
+    w_min = float(taps[taps > 0].min())
+    s = max(0, math.ceil(math.log2(F16_MIN_PART / w_min)))
+    return float(2.0 ** min(s, 15))
 
 
 @functools.lru_cache(maxsize=16)
@@ -287,16 +358,22 @@ def _plan(side: int, radius: int, blur: bool, score: bool):
 
 def distort_ssim(images: torch.Tensor, sigma: float | None = None, noise_std: float | None = None,
                  seed: int = 0, ids: torch.Tensor | None = None, score: bool = True,
-                 distorted: torch.Tensor | None = None, tf32: bool | None = None,
-                 programs_per_sm: int | None = None, num_warps: int = 4):
+                 distorted: torch.Tensor | None = None, dot: str | None = None,
+                 programs_per_sm: int | None = None, num_warps: int | None = None,
+                 maxnreg: int | None = None):
     """Blur (sigma) and/or add noise (noise_std on the [0, 1] scale), round, and score against ``images``.
 
     images: uint8 N x H x W x 3 (H, W >= 8; >= 11 to score). ids: int64 N (noise key per image).
     ``distorted`` given (and sigma = noise_std = None): only score it against ``images``.
+    dot, programs_per_sm, num_warps, maxnreg: the kernel's configuration (defaults: DEFAULT_DOT,
+    PROGRAMS_PER_SM, NUM_WARPS, MAXNREG); dot in DOT_MODES; maxnreg caps registers per thread (CUDA).
     Returns (uint8 distorted images or None when ``distorted`` was given, float32 N scores or None).
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be uint8 N x H x W x 3, got {images.dtype} {tuple(images.shape)}")
+    dot = DEFAULT_DOT if dot is None else dot
+    if dot not in DOT_MODES:
+        raise ValueError(f"dot must be one of {sorted(DOT_MODES)}, got {dot!r}")
     read_y = distorted is not None
     if read_y and (sigma is not None or noise_std is not None or not score):
         raise ValueError("a given distorted image is only scored: pass sigma=None, noise_std=None, score=True")
@@ -330,15 +407,20 @@ def distort_ssim(images: torch.Tensor, sigma: float | None = None, noise_std: fl
     blur_taps = _taps(float(sigma), BLUR_TRUNCATE, dev) if blur else _taps(SSIM.sigma, SSIM.truncate, dev)
     win_taps = _taps(SSIM.sigma, SSIM.truncate, dev)
     ids_t = ids if noise else blur_taps  # any pointer: never read without noise
+    regs = MAXNREG if maxnreg is None else maxnreg
+    f16 = dot == "fp16"
+    blur_scale = _f16_scale(blur_taps) if f16 and blur else 1.0
+    win_scale = _f16_scale(win_taps) if f16 and score else 1.0
     distort_ssim_kernel[(nprog, n_tiles)](
         x, y, out, ids_t, blur_taps, win_taps, scores if score else blur_taps,
         n, h, w, int(seed), 255.0 * float(noise_std) if noise else 0.0, nth, ntw,
-        (SSIM.k1 * 255.0) ** 2, (SSIM.k2 * 255.0) ** 2,
-        BLUR=blur, NOISE=noise, SCORE=score, READ_Y=read_y, R=radius, WIN=SSIM.win,
+        (SSIM.k1 * 255.0) ** 2, (SSIM.k2 * 255.0) ** 2, blur_scale, win_scale, radius,
+        BLUR=blur, NOISE=noise, SCORE=score, READ_Y=read_y, WIN=SSIM.win,
         PDH=pdh, PDW=pdw, PIH=pih, PIW=piw, TSH=tsh, TSW=tsw,
         SAME_TILE=(pih == pdh and piw == pdw), SINGLE_TILE=(n_tiles == 1),
-        TF32=DEFAULT_TF32 if tf32 is None else bool(tf32),
-        num_warps=num_warps,
+        DOT=DOT_MODES[dot],
+        num_warps=NUM_WARPS if num_warps is None else int(num_warps),
+        **({} if regs is None or dev.type != "cuda" else {"maxnreg": int(regs)}),
     )
     if score and n_tiles > 1:
         scores = scores.sum(dim=1) / float(3 * (h - SSIM.win + 1) * (w - SSIM.win + 1))

@@ -3,8 +3,8 @@
 Reference (``iqals_fast.ops.torch_backend.soft_label_mse``) in eager PyTorch: softmax, the target
 (fill, scatter), subtract, square, row sum, mean, and as many kernels again for autograd: about 20
 launches and 8 B x K round trips. Here the forward is one launch (read the logits once, write the
-loss and, when a gradient is wanted, the gradient already scaled for a unit upstream gradient) and the
-backward is one elementwise launch (multiply by the upstream gradient, cast to the logits' dtype).
+loss and, when a gradient is wanted, the gradient for a unit upstream gradient, in the logits' dtype)
+and the backward is one elementwise multiply by the upstream gradient (a 0-d tensor: no host sync).
 
 Maths, per row b with logits z (K), label y, on-true target t = T(score):
     p = softmax(z),  q_y = t,  q_k = (1 - t) / (K - 1) for k != y,  d = p - q
@@ -16,8 +16,13 @@ BLOCK_K with an online max/sum (Milakov & Gimelshein 2018) when it does not fit 
 
 The batch mean is reduced deterministically inside the same launch: each program writes its partial
 sum, takes a ticket from an atomic counter (acq_rel, after a CTA barrier), and the program that draws
-the last ticket adds the partials in program order and resets the counter for the next launch. With
-``REDUCE_IN_KERNEL=False`` the launcher adds the partials instead (one more small launch).
+the last ticket adds the partials in program order and resets the counter for the next launch (so
+the launch can be captured in a CUDA graph and replayed). With ``REDUCE_IN_KERNEL=False`` the
+launcher adds the partials instead (one more small launch).
+
+Host cost (what a small batch pays): the forward allocates the loss and the gradient and makes one
+launch; the partial sums and the counter are per-device scratch, allocated once. The tile shape
+depends on K only (BLOCK_B = ELEMENTS_PER_PROGRAM / BLOCK_K), so a new batch size compiles nothing.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def soft_label_mse_fwd_kernel(
         if STORE_GRAD:
             dp = tl.sum(d * p, axis=1)
             g = (2.0 * inv_b) * p * (d - dp[:, None])
-            tl.store(grad_ptr + rows64[:, None] * K + cols0[None, :], g, mask=mask)
+            tl.store(grad_ptr + rows64[:, None] * K + cols0[None, :], g.to(grad_ptr.dtype.element_ty), mask=mask)
     else:
         # -- Stage 2a: online max and normaliser over blocks of K
         m = tl.full((BLOCK_B,), float("-inf"), tl.float32)
@@ -106,7 +111,7 @@ def soft_label_mse_fwd_kernel(
                 p = tl.exp(z - m[:, None]) / s[:, None]
                 d = p - _row_target(cols, y, t, off)
                 g = (2.0 * inv_b) * p * (d - dp[:, None])
-                tl.store(grad_ptr + rows64[:, None] * K + cols[None, :], g, mask=mask)
+                tl.store(grad_ptr + rows64[:, None] * K + cols[None, :], g.to(grad_ptr.dtype.element_ty), mask=mask)
     # -- Stage 3: the batch mean, reduced in program order by the last program to finish
     partial = tl.sum(tl.where(row_ok, loss_row, 0.0), axis=0)
     tl.store(partial_ptr + pid, partial)
@@ -122,28 +127,21 @@ def soft_label_mse_fwd_kernel(
             tl.atomic_xchg(counter_ptr, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 
-@triton.jit
-def soft_label_mse_bwd_kernel(g_ptr, grad_out_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    """out = grad_out * g, cast to out's dtype (g holds dL/dz for a unit upstream gradient)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    go = tl.load(grad_out_ptr).to(tl.float32)
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, (go * g).to(out_ptr.dtype.element_ty), mask=mask)
-
-
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=16)
-def _counter(device: torch.device) -> torch.Tensor:
-    """The ticket counter of the in-kernel reduction: zero between launches (the last program resets it).
+@functools.lru_cache(maxsize=64)
+def _scratch(device: torch.device, nprog: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial sums, ticket counter) for launches of nprog programs on one device.
 
-    One per device; launches on one device are ordered by its stream, so they never share it at once.
+    The counter is zero between launches (the last program resets it). Launches on one device are
+    ordered by its stream, so they never use the scratch at once (concurrent streams would need
+    their own). Allocated on first use: warm up before capturing a CUDA graph.
     """
-    return torch.zeros(1, dtype=torch.int32, device=device)
+    return (torch.empty(nprog, dtype=torch.float32, device=device),
+            torch.zeros(1, dtype=torch.int32, device=device))
 
 
 def _pow2(n: int) -> int:
@@ -152,7 +150,8 @@ def _pow2(n: int) -> int:
 
 def soft_label_mse_fwd(logits: torch.Tensor, labels: torch.Tensor, on_true: torch.Tensor, store_grad: bool,
                        block_k: int | None = None, reduce_in_kernel: bool | None = None):
-    """(loss: float32 0-d tensor, grad: float32 B x K dL/dlogits for a unit upstream gradient, or empty).
+    """(loss: float32 0-d tensor, grad: B x K dL/dlogits for a unit upstream gradient in the logits'
+    dtype, or an empty tensor).
 
     logits: B x K float (fp32, bf16, fp16), unit stride along K; labels: B integers in [0, K);
     on_true: B float32 targets of the true class (the transform already applied).
@@ -168,38 +167,31 @@ def soft_label_mse_fwd(logits: torch.Tensor, labels: torch.Tensor, on_true: torc
     dev = logits.device
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    labels = labels.contiguous()
-    on_true = on_true.to(torch.float32).contiguous()
+    if labels.stride(0) != 1:
+        labels = labels.contiguous()
+    if on_true.dtype != torch.float32 or on_true.stride(0) != 1:
+        on_true = on_true.to(torch.float32).contiguous()
     loss = torch.empty((), dtype=torch.float32, device=dev)
-    grad = torch.empty((b, k) if store_grad else (0,), dtype=torch.float32, device=dev)
+    grad = torch.empty((b, k) if store_grad else (0,), dtype=logits.dtype, device=dev)
     if b == 0:
         return loss.fill_(float("nan")), grad  # the mean of nothing, as torch's mean gives
     block_k = min(_pow2(k), MAX_BLOCK_K) if block_k is None else int(block_k)
-    block_b = max(1, min(_pow2(b), ELEMENTS_PER_PROGRAM // block_k))
+    block_b = max(1, ELEMENTS_PER_PROGRAM // block_k)
     nprog = triton.cdiv(b, block_b)
-    partials = torch.empty(nprog, dtype=torch.float32, device=dev)
+    partials, counter = _scratch(dev, nprog)
     in_kernel = REDUCE_IN_KERNEL if reduce_in_kernel is None else bool(reduce_in_kernel)
     soft_label_mse_fwd_kernel[(nprog,)](
-        logits, logits.stride(0), labels, on_true, grad if store_grad else partials, partials, _counter(dev), loss,
+        logits, logits.stride(0), labels, on_true, grad if store_grad else partials, partials, counter, loss,
         b, k, 1.0 / b, 1.0 / (k - 1),
         BLOCK_B=block_b, BLOCK_K=block_k, ONE_BLOCK=k <= block_k, STORE_GRAD=bool(store_grad),
-        REDUCE_IN_KERNEL=in_kernel, RBLOCK=REDUCE_BLOCK,
-        num_warps=4 if block_b * block_k <= 4096 else 8,
+        REDUCE_IN_KERNEL=in_kernel, RBLOCK=REDUCE_BLOCK, num_warps=4,
     )
     if not in_kernel:
         loss = partials.sum() / b
     return loss, grad
 
 
-BWD_BLOCK = 1024
-
-
-def soft_label_mse_bwd(grad: torch.Tensor, grad_out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """dL/dlogits = grad_out * grad (grad from the forward), in ``dtype``; grad_out a 0-d tensor (no host sync)."""
-    out = torch.empty(grad.shape, dtype=dtype, device=grad.device)
-    n = grad.numel()
-    if n:
-        soft_label_mse_bwd_kernel[(triton.cdiv(n, BWD_BLOCK),)](
-            grad, grad_out.to(device=grad.device).contiguous(), out, n, BLOCK=BWD_BLOCK, num_warps=4
-        )
-    return out
+def soft_label_mse_bwd(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """dL/dlogits = grad_out * grad: grad from the forward (logits' dtype), grad_out a 0-d tensor read on
+    the device (no host sync). One elementwise kernel; a 0-d float32 factor keeps grad's dtype."""
+    return grad * grad_out

@@ -4,10 +4,14 @@ Registers ``distort_score``, ``ssim`` and ``soft_label_mse`` for backend "triton
 imports. It runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` was set before the
 kernels were defined (the Triton interpreter: slow, for tests without a GPU).
 
-The loss is differentiable two ways that share the same two launches:
-- eager: a ``torch.autograd.Function`` (the least Python between the caller and the kernels);
+The loss is differentiable two ways that share the same forward launch (loss and gradient for a unit
+upstream gradient) and the same backward (one multiply by the upstream gradient, on the device):
+- eager: a ``torch.autograd.Function`` (the least Python between the caller and the kernel);
 - under ``torch.compile``: the custom op ``iqals_fast::soft_label_mse`` (``torch.library``, with a
-  fake implementation and a registered backward op), which the compiler traces without a graph break.
+  fake implementation and a registered autograd formula), which the compiler traces without a graph
+  break.
+Both capture in a CUDA graph once warmed up (no host sync; the kernel's scratch is allocated on the
+first call and reused).
 The gradient with respect to the on-true targets (scores) is not computed: they are data.
 """
 
@@ -73,37 +77,27 @@ if triton is not None:
     @torch.library.custom_op("iqals_fast::soft_label_mse", mutates_args=())
     def soft_label_mse_op(logits: torch.Tensor, labels: torch.Tensor, on_true: torch.Tensor,
                           store_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, dloss/dlogits for a unit upstream gradient, float32; empty unless store_grad)."""
+        """(loss, dloss/dlogits for a unit upstream gradient in the logits' dtype; empty unless store_grad)."""
         return _sl.soft_label_mse_fwd(logits, labels, on_true, store_grad)
 
     @soft_label_mse_op.register_fake
     def _(logits, labels, on_true, store_grad):
         loss = logits.new_empty((), dtype=torch.float32)
-        grad = logits.new_empty(tuple(logits.shape) if store_grad else (0,), dtype=torch.float32)
+        grad = logits.new_empty(tuple(logits.shape) if store_grad else (0,))
         return loss, grad
 
-    @torch.library.custom_op("iqals_fast::soft_label_mse_backward", mutates_args=())
-    def soft_label_mse_backward_op(grad: torch.Tensor, grad_out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """grad_out * grad in ``dtype`` (grad_out a 0-d tensor, read on the device)."""
-        return _sl.soft_label_mse_bwd(grad, grad_out, dtype)
-
-    @soft_label_mse_backward_op.register_fake
-    def _(grad, grad_out, dtype):
-        return grad.new_empty(grad.shape, dtype=dtype)
-
     def _setup_context(ctx, inputs, output):
-        logits, _, _, store_grad = inputs
+        _, _, _, store_grad = inputs
         _, grad = output
         ctx.mark_non_differentiable(grad)
         ctx.save_for_backward(grad)
-        ctx.dtype = logits.dtype
         ctx.store_grad = store_grad
 
     def _backward(ctx, grad_loss, _grad_grad):
         if not ctx.store_grad:
             raise RuntimeError("soft_label_mse was called with store_grad=False; it has no gradient to give")
         (grad,) = ctx.saved_tensors
-        return soft_label_mse_backward_op(grad, grad_loss, ctx.dtype), None, None, None
+        return _sl.soft_label_mse_bwd(grad, grad_loss), None, None, None
 
     soft_label_mse_op.register_autograd(_backward, setup_context=_setup_context)
 
@@ -112,16 +106,14 @@ if triton is not None:
     class _SoftLabelMSE(torch.autograd.Function):
         @staticmethod
         def forward(ctx, logits, labels, on_true):
-            store = ctx.needs_input_grad[0]
-            loss, grad = _sl.soft_label_mse_fwd(logits, labels, on_true, store)
+            loss, grad = _sl.soft_label_mse_fwd(logits, labels, on_true, ctx.needs_input_grad[0])
             ctx.save_for_backward(grad)
-            ctx.dtype = logits.dtype
             return loss
 
         @staticmethod
         def backward(ctx, grad_loss):
             (grad,) = ctx.saved_tensors
-            return _sl.soft_label_mse_bwd(grad, grad_loss, ctx.dtype), None, None
+            return _sl.soft_label_mse_bwd(grad, grad_loss), None, None
 
     def soft_label_mse(logits, labels, on_true):
         if torch.compiler.is_compiling():
