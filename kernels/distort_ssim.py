@@ -15,9 +15,10 @@ Maths, per channel, on the 0..255 scale:
    the documented scheme of ``iqals_fast.ops.noise``, Philox integers identical on every backend.
 3. Round: clip to [0, 255], round half to even (``(v + 1.5 * 2**23) - 1.5 * 2**23`` in float32, exact
    for 0 <= v < 2**22), store uint8.
-4. SSIM: the five local moments of the valid window are ``B M B^T`` with ``B[m, j] = g[j - m]``
+4. SSIM: the local moments of the valid window are ``B M B^T`` with ``B[m, j] = g[j - m]``
    (0 <= j - m < 11) on x - 127.5 and y - 127.5 (shifting leaves (co)variances unchanged and shrinks
-   float32 cancellation in E[x^2] - E[x]^2), ten ``tl.dot``; then Wang et al.'s formula with
+   float32 cancellation in E[x^2] - E[x]^2). The formula needs only sigma_x^2 + sigma_y^2, so four
+   moments suffice: E[x], E[y], E[x^2 + y^2], E[xy] (eight matrix products); then Wang et al.'s formula with
    C1 = (K1 * 255)^2, C2 = (K2 * 255)^2 and a masked sum over the valid positions.
 
 Precision of the dots. Three modes (``DOT``), all float32-accurate except where noted:
@@ -281,15 +282,15 @@ def distort_ssim_kernel(
                 ys = d - 127.5
                 mx = _window(xs, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, True)
                 my = _window(ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, True)
-                mxx = _window(xs * xs, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, False)
-                myy = _window(ys * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, False)
+                # the formula needs vx + vy only, and windowing is linear: one moment of xs^2 + ys^2
+                # (quarter integers below 2**15: still exact as fp16 hi + lo) instead of two
+                mss = _window(xs * xs + ys * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, False)
                 mxy = _window(xs * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, False)
-                vx = mxx - mx * mx
-                vy = myy - my * my
+                vsum = mss - mx * mx - my * my  # vx + vy
                 vxy = mxy - mx * my
                 ux = mx + 127.5
                 uy = my + 127.5
-                s = ((2.0 * ux * uy + c1) * (2.0 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+                s = ((2.0 * ux * uy + c1) * (2.0 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vsum + c2))
                 total += tl.sum(tl.sum(tl.where(m_ok, s, 0.0), axis=1), axis=0)
         # -- Stage 7: the image's SSIM (single tile) or this tile's share of its sum
         if SCORE:
@@ -328,9 +329,12 @@ def _taps(sigma: float, truncate: float, device: torch.device) -> torch.Tensor:
     return torch.tensor(gaussian_taps(sigma, truncate), dtype=torch.float64).to(torch.float32).to(device)
 
 
-def _f16_scale(taps: torch.Tensor) -> float:
-    """2**s with min_tap * 2**s >= F16_MIN_PART; entries (folded taps, each <= 1) then stay <= 2**15."""
-    w_min = float(taps[taps > 0].min())
+@functools.lru_cache(maxsize=64)
+def _f16_scale(sigma: float, truncate: float) -> float:
+    """2**s with min_tap * 2**s >= F16_MIN_PART; entries (folded taps, each <= 1) then stay <= 2**15.
+
+    From the host's copy of the taps (no device read: no sync)."""
+    w_min = min(w for w in gaussian_taps(sigma, truncate) if w > 0)
     s = max(0, math.ceil(math.log2(F16_MIN_PART / w_min)))
     return float(2.0 ** min(s, 15))
 
@@ -409,8 +413,8 @@ def distort_ssim(images: torch.Tensor, sigma: float | None = None, noise_std: fl
     ids_t = ids if noise else blur_taps  # any pointer: never read without noise
     regs = MAXNREG if maxnreg is None else maxnreg
     f16 = dot == "fp16"
-    blur_scale = _f16_scale(blur_taps) if f16 and blur else 1.0
-    win_scale = _f16_scale(win_taps) if f16 and score else 1.0
+    blur_scale = _f16_scale(float(sigma), BLUR_TRUNCATE) if f16 and blur else 1.0
+    win_scale = _f16_scale(SSIM.sigma, SSIM.truncate) if f16 and score else 1.0
     distort_ssim_kernel[(nprog, n_tiles)](
         x, y, out, ids_t, blur_taps, win_taps, scores if score else blur_taps,
         n, h, w, int(seed), 255.0 * float(noise_std) if noise else 0.0, nth, ntw,
