@@ -11,10 +11,9 @@ from skimage.filters import gaussian
 from skimage.metrics import structural_similarity
 
 import iqals_fast as iq
+from iqals_fast import _C  # CI builds the extension: a missing module fails this file
 from iqals_fast.config import BLUR_TRUNCATE, SSIM, gaussian_taps
 from iqals_fast.ops import dispatch, noise, torch_backend
-
-from iqals_fast import _C  # noqa: I001  (CI builds the extension: a missing module is a failure)
 
 SHAPES = [(8, 8), (11, 13), (32, 32), (33, 47), (64, 64), (100, 37)]
 SSIM_SHAPES = [s for s in SHAPES if min(s) >= SSIM.win]
