@@ -308,14 +308,14 @@ DOT_MODES = {"fp16": 0, "tf32": 1, "ieee": 2}
 """The dots' arithmetic (see the module docstring); each value is the kernel's DOT constexpr."""
 DEFAULT_DOT = "fp16"
 """fp16 hi/lo split dots: float32 accuracy at twice TF32's tensor-core rate, half its registers."""
-PROGRAMS_PER_SM = 2
+PROGRAMS_PER_SM = 3
 """Persistent programs per SM and tile column on CUDA (the batch loop's grid). ptxas gives the fp16
 kernel about 250 registers per thread at 4 warps (sm_90, offline compile), so two programs are
 resident per SM: two per SM is one wave with no tail. (First H200 run, TF32 version: 2, 8 and 16
 equal, 4 slower.) The bench times 3 (with a 168-register cap) and 4 beside it."""
 NUM_WARPS = 4
 """Warps per program: a 32 x 32 dot splits into four 16 x 16 warp tiles (8 warps was slower on H200)."""
-MAXNREG = None
+MAXNREG = 168
 """Register cap per thread (None: ptxas decides; it takes about 250 at 4 warps, so 2 programs fit an
 SM; 168 fits 3). The bench times the candidates."""
 F16_MIN_PART = 0.25
