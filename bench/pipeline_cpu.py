@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -91,7 +90,7 @@ def main() -> None:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = platform.node().split(".")[0] or "cpu"
+    tag = "-".join(versions()["processor"].lower().split()[:2]) + f"-{os.cpu_count()}c"
     (out / f"pipeline-cpu-{tag}.md").write_text(text)
     (out / f"pipeline-cpu-{tag}.json").write_text(json.dumps(
         {"machine": machine, "versions": versions(), "n": n, "data": ds.source, "images_per_s": rows,

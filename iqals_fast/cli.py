@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default="auto", help="distortion/SSIM/loss backend: auto, torch, cpu, triton")
     t.add_argument("--transform", default="identity", help="IQA-LS transform T: identity | power:G | affine:A")
     t.add_argument("--batch-size", type=_positive_int, default=100)
+    t.add_argument("--lr-step-epochs", type=_positive_int, default=None,
+                   help="lr x0.1 every N epochs (default: the paper's 350 of 2000, scaled with --epochs)")
     t.add_argument("--out", default=None, help="run directory (default runs/strategy<N>-seed<S>)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -73,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", default=None)
     f.add_argument("--device", default="cpu")
 
+    r = sub.add_parser("reproduce", help="train all nine strategies, evaluate, and write the Table 2 report")
+    r.add_argument("--protocol", choices=("paper", "small"), default="small",
+                   help="paper: 2000 epochs, full data; small: fits in ~1 h on a 2-core CPU (see README)")
+    r.add_argument("--data", default="cifar10")
+    r.add_argument("--out", type=Path, default=Path("results"))
+    r.add_argument("--seeds", type=int, nargs="+", default=[0])
+    r.add_argument("--strategies", type=_strategy, nargs="+", default=list(STRATEGIES))
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--backend", default="auto")
+    r.add_argument("--paper", default=None, help="CSV of the paper's numbers: strategy,test_set,accuracy")
+    r.add_argument("--no-progress", action="store_true")
+
     d = sub.add_parser("distort", help="write distorted copies of images to disk (PNG) to look at")
     d.add_argument("--data", default="cifar10")
     d.add_argument("--split", choices=("train", "test"), default="test")
@@ -87,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        return _run(args, argv)
     except KeyboardInterrupt:
         return 130
     except (ValueError, FileNotFoundError, TypeError) as e:
@@ -95,13 +110,13 @@ def main(argv=None) -> int:
         return 2
 
 
-def _run(args) -> int:
+def _run(args, argv=None) -> int:
     if args.command == "train":
         from .train import TrainConfig, train
 
         cfg = TrainConfig(strategy=args.strategy, data=args.data, epochs=args.epochs, train_subset=args.train_subset,
                           seed=args.seed, device=args.device, backend=args.backend, transform=args.transform,
-                          batch_size=args.batch_size, out=args.out)
+                          batch_size=args.batch_size, lr_step_epochs=args.lr_step_epochs, out=args.out)
         run = train(cfg, resume=args.resume, progress=not args.no_progress)
         print(f"trained: {run}  (next: iqals-fast eval {run})")
     elif args.command == "eval":
@@ -121,6 +136,13 @@ def _run(args) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         print(figure3(args.runs, args.out))
         print(figure4(args.runs, args.out, data=args.data, device=args.device))
+    elif args.command == "reproduce":
+        from .reproduce import reproduce
+
+        print(reproduce(args.protocol, data=args.data, out=args.out, seeds=tuple(args.seeds),
+                        strategies=tuple(args.strategies), device=args.device, backend=args.backend,
+                        paper_csv=args.paper, progress=not args.no_progress,
+                        command=" ".join(["iqals-fast", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])))
     elif args.command == "distort":
         _distort(args)
     return 0

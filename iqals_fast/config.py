@@ -139,14 +139,20 @@ class Protocol:
     train_subset: int | None = None
     mixture: tuple[float, float, float, float] = field(default=MIXTURE)
 
-    def scaled(self, epochs: int | None = None, train_subset: int | None = None) -> Protocol:
-        """A reduced protocol: the lr steps keep their place relative to the run's length."""
+    def scaled(self, epochs: int | None = None, train_subset: int | None = None,
+               lr_step_epochs: int | None = None) -> Protocol:
+        """A reduced protocol: the lr steps keep their place relative to the run's length, unless
+        ``lr_step_epochs`` sets the step explicitly."""
         e = self.epochs if epochs is None else int(epochs)
         if e < 1:
             raise ValueError(f"--epochs must be >= 1, got {e}")
         if train_subset is not None and int(train_subset) < 1:
             raise ValueError(f"--train-subset must be >= 1, got {train_subset}")
         step = max(1, round(self.lr_step_epochs * e / self.epochs))
+        if lr_step_epochs is not None:
+            if int(lr_step_epochs) < 1:
+                raise ValueError(f"--lr-step-epochs must be >= 1, got {lr_step_epochs}")
+            step = int(lr_step_epochs)
         return Protocol(
             epochs=e,
             batch_size=self.batch_size,

@@ -146,8 +146,12 @@ FIG4_SIGMAS = tuple(np.round(np.arange(0.0, 2.01, 0.25), 2))
 FIG4_IMAGES = (0, 1, 2, 3)  # fixed test indices (no selection on the test set)
 
 
-def figure4(runs, out: Path, *, data: str | None = None, device: str = "cpu", dataset=None) -> Path:
-    """The model's confidence in the true class of a few test images as Gaussian blur grows."""
+def figure4(runs, out: Path, *, data: str | None = None, device: str = "cpu", dataset=None,
+            show_images: bool = True) -> Path:
+    """The model's confidence in the true class of a few test images as Gaussian blur grows.
+
+    ``show_images=False`` leaves the images out (titles only), for reports that must not carry a
+    dataset's pixels."""
     from .data.sources import load
     from .evaluate import predict
     from .ops.api import distort
@@ -171,20 +175,25 @@ def figure4(runs, out: Path, *, data: str | None = None, device: str = "cpu", da
             x = imgs if sg == 0 else distort(imgs, "blur", param=float(sg))
             conf.append(predict(model, x, device)[np.arange(len(ys)), ys])
         series[s] = np.stack(conf, 1)  # images x sigmas
-    fig, axes = plt.subplots(2, len(FIG4_IMAGES), figsize=(3.2 * len(FIG4_IMAGES), 6.2),
-                             gridspec_kw={"height_ratios": [1, 1.4]})
+    rows = 2 if show_images else 1
+    fig, axes = plt.subplots(rows, len(FIG4_IMAGES), figsize=(3.2 * len(FIG4_IMAGES), 6.2 if show_images else 3.8),
+                             gridspec_kw={"height_ratios": [1, 1.4]} if show_images else None, squeeze=False)
     for j in range(len(FIG4_IMAGES)):
-        axes[0, j].imshow(imgs[j], interpolation="nearest")
-        axes[0, j].set_title(f"test #{FIG4_IMAGES[j]}: {ds.classes[ys[j]]}")
-        axes[0, j].axis("off")
+        title = f"test #{FIG4_IMAGES[j]}: {ds.classes[ys[j]]}"
+        if show_images:
+            axes[0, j].imshow(imgs[j], interpolation="nearest")
+            axes[0, j].set_title(title)
+            axes[0, j].axis("off")
+        else:
+            axes[-1, j].set_title(title)
         for s, c in series.items():
             style = "-" if STRATEGIES[s].iqa_ls else ("--" if STRATEGIES[s].mixed else ":")
-            axes[1, j].plot(FIG4_SIGMAS, c[j], style, marker=".", label=f"{s}: {STRATEGIES[s].name}")
-        axes[1, j].set_xlabel("blur sigma")
-        axes[1, j].set_ylim(0, 1)
-        axes[1, j].grid(alpha=0.3)
-    axes[1, 0].set_ylabel("confidence in the true class")
-    axes[1, -1].legend(fontsize=7, loc="upper right")
+            axes[-1, j].plot(FIG4_SIGMAS, c[j], style, marker=".", label=f"{s}: {STRATEGIES[s].name}")
+        axes[-1, j].set_xlabel("blur sigma")
+        axes[-1, j].set_ylim(0, 1)
+        axes[-1, j].grid(alpha=0.3)
+    axes[-1, 0].set_ylabel("confidence in the true class")
+    axes[-1, -1].legend(fontsize=7, loc="upper right")
     fig.suptitle("Figure 4: confidence in the true class as blur grows")
     path = Path(out) / "figure4.png"
     _save_fig(fig, path)

@@ -45,6 +45,7 @@ class TrainConfig:
     backend: str = "auto"
     transform: str = "identity"
     batch_size: int = PAPER.batch_size
+    lr_step_epochs: int | None = None  # None: the paper's 350-of-2000 step, scaled with --epochs
     out: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -55,17 +56,20 @@ class TrainConfig:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed must lie in [0, 2**32), got {self.seed}")
-        PAPER.scaled(self.epochs, self.train_subset)
+        self.protocol()
         try:
             torch.empty(0, device=self.device)
         except (RuntimeError, AssertionError) as e:
             raise ValueError(f"--device {self.device!r} is not usable here: {e}") from None
 
+    def protocol(self):
+        return PAPER.scaled(self.epochs, self.train_subset, self.lr_step_epochs)
+
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"strategy{self.strategy}-seed{self.seed}"
 
     # Options that change the result: a resumed run must agree on all of them.
-    RESULT_KEYS = ("strategy", "data", "epochs", "train_subset", "seed", "transform", "batch_size")
+    RESULT_KEYS = ("strategy", "data", "epochs", "train_subset", "seed", "transform", "batch_size", "lr_step_epochs")
 
 
 def _save_json(path: Path, obj) -> None:
@@ -100,7 +104,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
     epochs (as an interruption would), leaving a resumable checkpoint."""
     cfg.validate()
     strategy = get_strategy(cfg.strategy)
-    protocol = PAPER.scaled(cfg.epochs, cfg.train_subset)
+    protocol = cfg.protocol()
     run = cfg.run_dir()
     ckpt_path = run / CHECKPOINT
     if ckpt_path.exists() and not resume:
