@@ -309,15 +309,16 @@ DOT_MODES = {"fp16": 0, "tf32": 1, "ieee": 2}
 DEFAULT_DOT = "fp16"
 """fp16 hi/lo split dots: float32 accuracy at twice TF32's tensor-core rate, half its registers."""
 PROGRAMS_PER_SM = 3
-"""Persistent programs per SM and tile column on CUDA (the batch loop's grid). ptxas gives the fp16
-kernel about 250 registers per thread at 4 warps (sm_90, offline compile), so two programs are
-resident per SM: two per SM is one wave with no tail. (First H200 run, TF32 version: 2, 8 and 16
-equal, 4 slower.) The bench times 3 (with a 168-register cap) and 4 beside it."""
+"""Persistent programs per SM and tile column on CUDA (the batch loop's grid). Uncapped, ptxas gives
+the fp16 kernel about 250 registers per thread at 4 warps (sm_90), so only two programs fit an SM;
+with MAXNREG = 168 three fit. Measured on one H200 (triton 3.6, 50,000 32 x 32 images, blur+noise+SSIM):
+3 programs/SM capped at 168 registers 5.00-5.14 ms; 4/SM uncapped 6.10 ms; 2/SM uncapped 6.13 ms;
+2/SM at 8 warps 11.3 ms (bench/results/h200-2026-11-27-quick/)."""
 NUM_WARPS = 4
 """Warps per program: a 32 x 32 dot splits into four 16 x 16 warp tiles (8 warps was slower on H200)."""
 MAXNREG = 168
-"""Register cap per thread (None: ptxas decides; it takes about 250 at 4 warps, so 2 programs fit an
-SM; 168 fits 3). The bench times the candidates."""
+"""Register cap per thread (None: ptxas decides, about 250 at 4 warps). 168 lets three programs share
+an SM, which measured fastest on H200 (see PROGRAMS_PER_SM)."""
 F16_MIN_PART = 0.25
 """fp16 scaling: the smallest nonzero tap times 2**s is at least this, so its lo part (~2**-12 of it)
 is a normal fp16 number (>= 2**-14)."""
