@@ -117,7 +117,8 @@ def figure3(runs, out: Path) -> Path:
     for ax, kind in zip(axes, KINDS):
         names = ["pristine"] + [f"{kind}{lvl}" for lvl in (1, 2, 3)]
         base_single = {"blur": 2, "noise": 4, "jpeg": 6}[kind]
-        for label, s0, colour in (("MIX_" + kind, base_single, colours["single"]), ("MIX_all3", 8, colours["all3"])):
+        for label, s0, colour in ((STRATEGIES[base_single].name, base_single, colours["single"]),
+                                  ("MIX_all3", 8, colours["all3"])):
             for s, style, suffix in ((s0, "--", " (0-1 labels)"), (s0 + 1, "-", " + IQA-LS")):
                 if s in agg:
                     ax.plot(levels, [agg[s][n][0] for n in names], style, marker="o", color=colour, label=label + suffix)
@@ -128,13 +129,8 @@ def figure3(runs, out: Path) -> Path:
         ax.set_xlabel("distortion level")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    handles, labels = [], []
     for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.12), frameon=False)
+        ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Figure 3: accuracy against distortion level")
     path = Path(out) / "figure3.png"
     _save_fig(fig, path)
@@ -143,7 +139,8 @@ def figure3(runs, out: Path) -> Path:
 
 
 FIG4_SIGMAS = tuple(np.round(np.arange(0.0, 2.01, 0.25), 2))
-FIG4_IMAGES = (0, 1, 2, 3)  # fixed test indices (no selection on the test set)
+FIG4_CLASSES = (0, 1, 2, 3)
+"""Figure 4 shows the first test image of each of these classes (fixed in advance, not chosen on results)."""
 
 
 def figure4(runs, out: Path, *, data: str | None = None, device: str = "cpu", dataset=None,
@@ -165,8 +162,8 @@ def figure4(runs, out: Path, *, data: str | None = None, device: str = "cpu", da
         by_strategy.setdefault(cfg["strategy"], r)
     cfg0 = json.loads((runs[0] / "config.json").read_text())
     ds = dataset if dataset is not None else load(data or cfg0["data"])
-    imgs = ds.test_x[list(FIG4_IMAGES)]
-    ys = ds.test_y[list(FIG4_IMAGES)]
+    picks = [int(np.flatnonzero(ds.test_y == c)[0]) for c in FIG4_CLASSES if (ds.test_y == c).any()]
+    imgs, ys = ds.test_x[picks], ds.test_y[picks]
     series = {}
     for s, r in sorted(by_strategy.items()):
         model, _ = load_model(r, device)
@@ -176,10 +173,10 @@ def figure4(runs, out: Path, *, data: str | None = None, device: str = "cpu", da
             conf.append(predict(model, x, device)[np.arange(len(ys)), ys])
         series[s] = np.stack(conf, 1)  # images x sigmas
     rows = 2 if show_images else 1
-    fig, axes = plt.subplots(rows, len(FIG4_IMAGES), figsize=(3.2 * len(FIG4_IMAGES), 6.2 if show_images else 3.8),
+    fig, axes = plt.subplots(rows, len(picks), figsize=(3.2 * len(picks), 6.2 if show_images else 3.8),
                              gridspec_kw={"height_ratios": [1, 1.4]} if show_images else None, squeeze=False)
-    for j in range(len(FIG4_IMAGES)):
-        title = f"test #{FIG4_IMAGES[j]}: {ds.classes[ys[j]]}"
+    for j in range(len(picks)):
+        title = f"test #{picks[j]}: {ds.classes[ys[j]]}"
         if show_images:
             axes[0, j].imshow(imgs[j], interpolation="nearest")
             axes[0, j].set_title(title)
