@@ -130,7 +130,8 @@ def figure3(runs, out: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     for ax in axes:
-        ax.legend(fontsize=7, loc="lower left")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Figure 3: accuracy against distortion level")
     path = Path(out) / "figure3.png"
     _save_fig(fig, path)
