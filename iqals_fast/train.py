@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,6 @@ class TrainConfig:
     batch_size: int = PAPER.batch_size
     lr_step_epochs: int | None = None  # None: the paper's 350-of-2000 step, scaled with --epochs
     out: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         get_strategy(self.strategy)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..config import KINDS, LEVELS, MIXTURE
 from ..ops.api import distort_and_score
@@ -97,7 +96,3 @@ def epoch_data(cache: DistortionCache, plan: EpochPlan) -> tuple[np.ndarray, np.
             if len(idx):
                 x[idx], s[idx] = cache.get(k, lvl, idx, plan.noise_seed)
     return x, s
-
-
-def as_tensor(x) -> torch.Tensor:
-    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
