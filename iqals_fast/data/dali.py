@@ -263,6 +263,12 @@ def _archive_listing(path: Path, split: str) -> tuple[list[str], list[str], list
     return classes, names, blobs, labels
 
 
+def _decode(fn, types, enc, decoder: str):
+    # jpeg_fancy_upsampling: the GPU decoder upsamples chroma the way libjpeg (and PIL) does
+    kw = {"jpeg_fancy_upsampling": True} if decoder == "mixed" else {}
+    return fn.decoders.image(enc, device=decoder, output_type=types.RGB, **kw)
+
+
 def read_split(path, split: str = "train", *, shard_id: int = 0, num_shards: int = 1, device=None,
                batch_size: int = 256, num_threads: int | None = None):
     """Decode one split of a class-folder tree (``path/split/<class>/<image>``) or of a ``.tar`` /
@@ -299,13 +305,13 @@ def read_split(path, split: str = "train", *, shard_id: int = 0, num_shards: int
         def graph():
             enc, lab = fn.readers.file(files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
                                        pad_last_batch=True, random_shuffle=False, name="reader")
-            return fn.decoders.image(enc, device=decoder, output_type=types.RGB), lab
+            return _decode(fn, types, enc, decoder), lab
         feeds = {}
     else:
         def graph():
             enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
             lab = fn.external_source(name="lab", dtype=types.INT32, ndim=0)
-            return fn.decoders.image(enc, device=decoder, output_type=types.RGB), lab
+            return _decode(fn, types, enc, decoder), lab
         shard_blobs = [np.frombuffer(b, np.uint8) for b in blobs[lo:hi]]
         shard_labels = np.asarray(labels[lo:hi], np.int32)
         feeds = {"enc": [shard_blobs[i:i + batch_size] for i in range(0, n, batch_size)],
@@ -314,6 +320,7 @@ def read_split(path, split: str = "train", *, shard_id: int = 0, num_shards: int
     device_id = _device_id(device) if dev == "gpu" else None
     imgs: list = []
     labs: list[np.ndarray] = []
+    srcs: list[str] = []
     try:
         for k, (x, lab) in enumerate(_run(graph, feeds, n_iter, batch_size, num_threads, device_id)):
             take = min(batch_size, n - k * batch_size)  # the last batch is padded by repeating a sample
@@ -327,6 +334,8 @@ def read_split(path, split: str = "train", *, shard_id: int = 0, num_shards: int
             else:
                 imgs.append(np.array(x.as_tensor())[:take])
             labs.append(np.array(lab.as_tensor()).reshape(-1)[:take].astype(np.int64))
+            if blobs is None:
+                srcs += [x[i].source_info() for i in range(take)]
     except RuntimeError as e:
         if isinstance(e, DataError):
             raise
@@ -339,8 +348,8 @@ def read_split(path, split: str = "train", *, shard_id: int = 0, num_shards: int
         raise DataError(f"{root}: images of {split}/ differ in size ({sorted(shapes)[:4]}...); all must match")
     images = torch.cat(imgs) if dev == "gpu" else np.concatenate(imgs)
     lab = np.concatenate(labs)
-    if not np.array_equal(lab, np.asarray(labels[lo:hi])):
-        raise RuntimeError(f"{root}: DALI returned the samples of {split}/ out of order")
+    if not np.array_equal(lab, np.asarray(labels[lo:hi])) or (srcs and any(srcs) and srcs != shard_files):
+        raise RuntimeError(f"{root}: DALI returned other samples of {split}/ than shard {shard_id} of {num_shards}")
     return images, lab, tuple(classes), shard_files
 
 
@@ -396,12 +405,13 @@ class DaliDistortionCache:
     images' device.
     """
 
-    def __init__(self, images, backend: str = "auto", levels=LEVELS, *, precompute: bool = True,
+    def __init__(self, images, backend: str = "auto", levels=LEVELS, *, iqa: str = "ssim", precompute: bool = True,
                  jpeg_device=None, batch_size: int = BATCH, num_threads: int | None = None):
         _dali()
         self.images = images
         self.backend = backend
         self.levels = levels
+        self.iqa = iqa
         self.precompute = bool(precompute)
         self._t, self._back = as_images(images)
         self.jpeg_device = _device(jpeg_device, self._t.device)
@@ -412,8 +422,14 @@ class DaliDistortionCache:
         p = self.levels.param(kind, level)
         if kind == "jpeg":
             y = jpeg(x, p, device=self.jpeg_device, batch_size=self.batch_size, num_threads=self.num_threads)
-            return y, ssim(x, y, backend=self.backend)
-        return distort_and_score(x, kind, param=p, seed=seed, ids=idx, backend=self.backend)
+            s = ssim(x, y, backend=self.backend) if self.iqa == "ssim" else None
+        else:
+            y, s = distort_and_score(x, kind, param=p, seed=seed, ids=idx, backend=self.backend)
+        if self.iqa != "ssim":  # another quality measure, as DistortionCache(iqa=...) scores it
+            from ..ops.iqa import iqa_quality
+
+            s = torch.as_tensor(iqa_quality(x, y, self.iqa, backend=self.backend)).to(x.device)
+        return y, s
 
     def get_tensors(self, kind: str, level: int, idx, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`get`, as torch tensors on the images' device."""
@@ -460,7 +476,8 @@ def dali_cache(cache: DistortionCache | DaliDistortionCache) -> DaliDistortionCa
     if not isinstance(cache, DistortionCache):
         raise TypeError(f"cache must be a DistortionCache or DaliDistortionCache, got {type(cache).__name__}")
     if cache not in _WRAPPED:
-        _WRAPPED[cache] = DaliDistortionCache(cache.images, cache.backend, cache.levels)
+        _WRAPPED[cache] = DaliDistortionCache(cache.images, cache.backend, cache.levels,
+                                              iqa=getattr(cache, "iqa", "ssim"))
     return _WRAPPED[cache]
 
 
