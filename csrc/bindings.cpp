@@ -252,6 +252,73 @@ py::array_t<float> ssim(const py::object& reference, const py::object& distorted
     return scores;
 }
 
+// float32, N x C x H x W, C-contiguous (NCHW), as a torch tensor's .numpy() view gives it.
+py::array check_nchw(const py::object& o, const char* name) {
+    py::array a = as_ndarray(o, name);
+    if (a.dtype().kind() != 'f' || a.dtype().itemsize() != 4) {
+        throw py::type_error(std::string(name) + " must have dtype float32, got " + dtype_of(a));
+    }
+    if (a.ndim() != 4) throw py::value_error(std::string(name) + " must have shape N x C x H x W, got " + shape_of(a));
+    if (!(a.flags() & py::array::c_style)) {
+        throw py::value_error(std::string(name) + " must be C-contiguous (NCHW; call .contiguous() first)");
+    }
+    return a;
+}
+
+iqals::Lrn lrn_params(const py::object& radius, const py::object& bias, const py::object& alpha, const py::object& beta) {
+    iqals::Lrn p;
+    p.radius = as_int(radius, "radius");
+    if (p.radius < 0 || p.radius > 4096) throw py::value_error("radius must lie in [0, 4096], got " + std::to_string(p.radius));
+    p.bias = check_positive(as_real(bias, "bias"), "bias");
+    const double a = as_real(alpha, "alpha"), b = as_real(beta, "beta");
+    if (!std::isfinite(a) || a < 0) throw py::value_error("alpha must be finite and >= 0, got " + std::to_string(a));
+    if (!std::isfinite(b)) throw py::value_error("beta must be finite, got " + std::to_string(b));
+    p.alpha = float(a);
+    p.beta = float(b);
+    return p;
+}
+
+py::array_t<float> lrn_forward(const py::object& x_arg, const py::object& radius, const py::object& bias,
+                               const py::object& alpha, const py::object& beta, const py::object& threads_arg,
+                               const std::string& isa) {
+    const iqals::Kernels& k = kernels(isa);
+    const py::array x = check_nchw(x_arg, "x");
+    const iqals::Lrn p = lrn_params(radius, bias, alpha, beta);
+    const int threads = check_threads(threads_arg);
+    py::array_t<float> y({x.shape(0), x.shape(1), x.shape(2), x.shape(3)});
+    const float* xp = static_cast<const float*>(x.data());
+    float* yp = y.mutable_data();
+    {
+        py::gil_scoped_release release;
+        k.lrn_forward(xp, x.shape(0), x.shape(1), x.shape(2) * x.shape(3), p, yp, threads);
+    }
+    return y;
+}
+
+py::array_t<float> lrn_backward(const py::object& x_arg, const py::object& dy_arg, const py::object& radius,
+                                const py::object& bias, const py::object& alpha, const py::object& beta,
+                                const py::object& threads_arg, const std::string& isa) {
+    const iqals::Kernels& k = kernels(isa);
+    const py::array x = check_nchw(x_arg, "x");
+    const py::array dy = check_nchw(dy_arg, "dy");
+    for (py::ssize_t d = 0; d < 4; ++d) {
+        if (x.shape(d) != dy.shape(d)) {
+            throw py::value_error("x and dy must have the same shape, got " + shape_of(x) + " and " + shape_of(dy));
+        }
+    }
+    const iqals::Lrn p = lrn_params(radius, bias, alpha, beta);
+    const int threads = check_threads(threads_arg);
+    py::array_t<float> dx({x.shape(0), x.shape(1), x.shape(2), x.shape(3)});
+    const float* xp = static_cast<const float*>(x.data());
+    const float* dyp = static_cast<const float*>(dy.data());
+    float* dxp = dx.mutable_data();
+    {
+        py::gil_scoped_release release;
+        k.lrn_backward(xp, dyp, x.shape(0), x.shape(1), x.shape(2) * x.shape(3), p, dxp, threads);
+    }
+    return dx;
+}
+
 py::tuple philox(const py::object& counters, const py::object& id, const py::object& seed, const std::string& isa) {
     py::array a = as_ndarray(counters, "counters");
     if (a.dtype().kind() != 'u' || a.dtype().itemsize() != 4 || a.ndim() != 1) {
@@ -290,6 +357,13 @@ PYBIND11_MODULE(_C, m) {
     m.def("ssim", &ssim, py::arg("reference"), py::arg("distorted"), py::kw_only(), py::arg("taps"), py::arg("c1"),
           py::arg("c2"), py::arg("threads") = 0, py::arg("isa") = "best",
           "Per-image SSIM (float32 (N,)) of C-contiguous uint8 N x H x W x 3 images, H, W >= len(taps).");
+    m.def("lrn_forward", &lrn_forward, py::arg("x"), py::kw_only(), py::arg("radius"), py::arg("bias"),
+          py::arg("alpha"), py::arg("beta"), py::arg("threads") = 0, py::arg("isa") = "best",
+          "TensorFlow's LRN across channels of C-contiguous float32 N x C x H x W:\n"
+          "y = x / (bias + alpha * sum_{|j-c|<=radius} x_j^2) ** beta.");
+    m.def("lrn_backward", &lrn_backward, py::arg("x"), py::arg("dy"), py::kw_only(), py::arg("radius"),
+          py::arg("bias"), py::arg("alpha"), py::arg("beta"), py::arg("threads") = 0, py::arg("isa") = "best",
+          "The gradient of lrn_forward with respect to x, for upstream gradient dy (same shape as x).");
     m.def("philox", &philox, py::arg("counters"), py::arg("id"), py::arg("seed"), py::arg("isa") = "best",
           "Test hook: words 0 and 1 of Philox4x32-10 of counters (c, 0, 0, 0), key (id, seed).");
     m.def("normals", &normals, py::arg("seed"), py::arg("id"), py::arg("first"), py::arg("count"),

@@ -312,9 +312,14 @@ void normals(uint32_t first, int64_t count, uint32_t id, uint32_t seed, float* z
 
 }  // namespace
 
+// csrc/lrn.cpp, compiled for the same instruction set.
+void lrn_forward(const float* x, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, float* y, int threads);
+void lrn_backward(const float* x, const float* dy, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, float* dx,
+                  int threads);
+
 #define IQALS_STR2(x) #x
 #define IQALS_STR(x) IQALS_STR2(x)
-extern const Kernels kernels = {IQALS_STR(IQALS_ISA), &distort_score, &ssim, &philox, &normals};
+extern const Kernels kernels = {IQALS_STR(IQALS_ISA), &distort_score, &ssim, &lrn_forward, &lrn_backward, &philox, &normals};
 
 }  // namespace IQALS_ISA
 }  // namespace iqals

@@ -37,6 +37,15 @@ struct Noise {
     const int64_t* ids = nullptr;  // one per image, each in [0, 2^32)
 };
 
+// TensorFlow's local response normalisation across channels (tf.nn.lrn): window radius `radius`
+// channels either side, s = bias + alpha * (sum of squares over the window), y = x * s^-beta.
+struct Lrn {
+    int64_t radius = 0;
+    float bias = 1.f;
+    float alpha = 0.f;
+    float beta = 0.f;
+};
+
 // The kernels of one instruction set. distort_ssim.cpp is compiled once per instruction set
 // (CMakeLists.txt), each copy in its own namespace, and exports one Kernels table; isa.cpp picks
 // the best one this CPU runs. All tables compute the same bits.
@@ -51,6 +60,12 @@ struct Kernels {
     // scores[i] = SSIM(x[i], y[i]): the mean over channels and the valid (H-win+1) x (W-win+1) map.
     void (*ssim)(const uint8_t* x, const uint8_t* y, int64_t n, int h, int w, const SSIMWindow& window,
                  float* scores, int threads);
+
+    // LRN of float32 N x C x P (NCHW contiguous, P = H * W) and its gradient dx for upstream dy
+    // (csrc/lrn.cpp). The backward recomputes the window sums from x instead of storing them.
+    void (*lrn_forward)(const float* x, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, float* y, int threads);
+    void (*lrn_backward)(const float* x, const float* dy, int64_t n, int64_t c, int64_t plane, const Lrn& lrn,
+                         float* dx, int threads);
 
     // Test hooks on the noise scheme: Philox words of arbitrary counters, and the normals of
     // `count` consecutive offsets starting at `first`, for one (id, seed).

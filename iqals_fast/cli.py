@@ -51,11 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     t.add_argument("--backend", default="auto", help="distortion/SSIM/loss backend: auto, torch, cpu, triton")
     t.add_argument("--transform", default="identity", help="IQA-LS transform T: identity | power:G | affine:A")
+    t.add_argument("--iqa", default="ssim", choices=("ssim", "ms-ssim-small", "gmsd", "psnr"),
+                   help="IQA measure behind IQA-LS's scores (default ssim, the paper's; see iqals_fast/ops/iqa.py)")
     t.add_argument("--batch-size", type=_positive_int, default=100)
     t.add_argument("--lr-step-epochs", type=_positive_int, default=None,
                    help="lr x0.1 every N epochs (default: the paper's 350 of 2000, scaled with --epochs)")
     t.add_argument("--out", default=None, help="run directory (default runs/strategy<N>-seed<S>)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.compile the training step, CUDA graphs on GPU (default on: about 2x on CPU; "
+                        "the first steps wait for the compiler)")
+    t.add_argument("--channels-last", action="store_true", help="channels_last memory format for the CNN")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast of the CNN on CUDA (the loss stays float32)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="test runs on the pristine and nine distorted test sets (writes RUN/eval.json)")
@@ -64,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--backend", default="auto")
     e.add_argument("--test-subset", type=_positive_int, default=None, help="a class-balanced N test images")
+    e.add_argument("--suite", choices=("table2", "corruptions", "all"), default="all",
+                   help="table2: the ten sets of Table 2; corruptions: CIFAR-10-C severities 1-5 of noise, blur, "
+                        "JPEG; all: both (default). Each set also gets calibration metrics")
 
     tb = sub.add_parser("table", help="Table 2 from evaluated runs (Markdown; CSV with --out)")
     tb.add_argument("runs", nargs="+", type=Path)
@@ -116,26 +126,45 @@ def _run(args, argv=None) -> int:
 
         cfg = TrainConfig(strategy=args.strategy, data=args.data, epochs=args.epochs, train_subset=args.train_subset,
                           seed=args.seed, device=args.device, backend=args.backend, transform=args.transform,
-                          batch_size=args.batch_size, lr_step_epochs=args.lr_step_epochs, out=args.out)
+                          batch_size=args.batch_size, lr_step_epochs=args.lr_step_epochs, out=args.out, iqa=args.iqa,
+                          compile=args.compile, channels_last=args.channels_last, bf16=args.bf16)
         run = train(cfg, resume=args.resume, progress=not args.no_progress)
         print(f"trained: {run}  (next: iqals-fast eval {run})")
     elif args.command == "eval":
         from .evaluate import evaluate
 
         for r in args.runs:
-            res = evaluate(r, data=args.data, device=args.device, backend=args.backend, test_subset=args.test_subset)
-            accs = "  ".join(f"{k} {100 * v['accuracy']:.2f}" for k, v in res["results"].items())
-            print(f"{r}: {accs}")
+            res = evaluate(r, data=args.data, device=args.device, backend=args.backend, test_subset=args.test_subset,
+                           suite=args.suite)
+            for part in ("results", "corruptions"):
+                if res[part]:
+                    accs = "  ".join(f"{k} {100 * v['accuracy']:.2f}" for k, v in res[part].items())
+                    print(f"{r}: {accs}")
     elif args.command == "table":
-        from .report import table
+        from .report import calibration_table, corruption_table, has_extended, load_evals, table
 
         print(table(args.runs, args.paper, args.out), end="")
+        evals = load_evals(args.runs)
+        if has_extended(evals):  # eval.json written by the current `iqals-fast eval` (both suites)
+            print("\n" + corruption_table(evals, args.out) + "\n" + calibration_table(evals, args.out), end="")
     elif args.command == "figures":
-        from .report import figure3, figure4
+        from .report import (
+            confidence_ssim_figure,
+            corruption_figure,
+            figure3,
+            figure4,
+            has_extended,
+            load_evals,
+            reliability_figure,
+        )
 
         args.out.mkdir(parents=True, exist_ok=True)
         print(figure3(args.runs, args.out))
         print(figure4(args.runs, args.out, data=args.data, device=args.device))
+        evals = load_evals(args.runs)
+        if has_extended(evals):
+            for fig in (reliability_figure, confidence_ssim_figure, corruption_figure):
+                print(fig(evals, args.out))
     elif args.command == "reproduce":
         from .reproduce import reproduce
 

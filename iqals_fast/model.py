@@ -7,7 +7,8 @@
 TensorFlow specifics reproduced exactly:
 - ``tf.nn.lrn(depth_radius=4, bias=1.0, alpha=0.001/9, beta=0.75)``:
   ``b_c = a_c / (bias + alpha * sum_{|c'-c| <= 4} a_c'^2) ** beta``. PyTorch's LocalResponseNorm
-  divides alpha by the window size n, so the match is ``n = 9, alpha = 0.001`` (tested).
+  divides alpha by the window size n, so the match is ``n = 9, alpha = 0.001`` (tested). On CPU
+  the C++ kernels of csrc/lrn.cpp compute it (``ops/lrn.py``): the composite was most of the step.
 - SAME max-pooling with stride 2 pads only at the bottom/right (TF puts the odd padding there);
   PyTorch's symmetric ``padding=1`` would shift every window, so we pad explicitly.
 - Initialisation: truncated normals (cut at 2 std) with std 5e-2 (convs), 0.04 (fc 384, 192),
@@ -23,34 +24,38 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .ops import lrn as ops_lrn
+from .ops.lrn import lrn
+
 LRN_DEPTH_RADIUS = 4
 LRN_BIAS = 1.0
 LRN_ALPHA = 0.001 / 9.0
 LRN_BETA = 0.75
 
 
-def lrn_tf(x: torch.Tensor) -> torch.Tensor:
-    """TensorFlow's LRN with the tutorial's parameters, via PyTorch's implementation."""
-    n = 2 * LRN_DEPTH_RADIUS + 1
-    return F.local_response_norm(x, size=n, alpha=LRN_ALPHA * n, beta=LRN_BETA, k=LRN_BIAS)
+def lrn_tf(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """TensorFlow's LRN with the tutorial's parameters, by the dispatched backend (ops/lrn.py): the C++
+    kernels on CPU, PyTorch's composite (fused by torch.compile) elsewhere."""
+    return lrn(x, LRN_DEPTH_RADIUS, LRN_BIAS, LRN_ALPHA, LRN_BETA, backend)
 
 
 def lrn_reference(x: torch.Tensor) -> torch.Tensor:
     """The formula itself (for tests): explicit sum over the depth window."""
-    sq = x * x
-    c = x.shape[1]
-    acc = torch.zeros_like(x)
-    for d in range(-LRN_DEPTH_RADIUS, LRN_DEPTH_RADIUS + 1):
-        lo, hi = max(0, -d), min(c, c - d)
-        acc[:, lo:hi] += sq[:, lo + d:hi + d]
-    return x / (LRN_BIAS + LRN_ALPHA * acc) ** LRN_BETA
+    return ops_lrn.lrn_reference(x, LRN_DEPTH_RADIUS, LRN_BIAS, LRN_ALPHA, LRN_BETA)
 
 
 def max_pool_same(x: torch.Tensor) -> torch.Tensor:
-    """TF max_pool(ksize 3, stride 2, padding SAME)."""
+    """TF max_pool(ksize 3, stride 2, padding SAME).
+
+    Where SAME pads at most one row / column, all at the bottom / right (even sizes, as 32 and 16),
+    ``ceil_mode`` gives exactly TF's windows without materialising a padded copy (whose copy and
+    backward cost more than the pooling itself); otherwise the input is padded with -inf.
+    """
     h, w = x.shape[-2:]
     ph = max((-(-h // 2) - 1) * 2 + 3 - h, 0)
     pw = max((-(-w // 2) - 1) * 2 + 3 - w, 0)
+    if ph <= 1 and pw <= 1:
+        return F.max_pool2d(x, 3, 2, ceil_mode=True)
     x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=float("-inf"))
     return F.max_pool2d(x, 3, 2)
 
@@ -76,8 +81,9 @@ def _trunc_normal_(t: torch.Tensor, std: float, gen: torch.Generator) -> None:
 
 
 class PaperCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, image_size: int = 32, seed: int = 0):
+    def __init__(self, num_classes: int = 10, image_size: int = 32, seed: int = 0, lrn_backend: str = "auto"):
         super().__init__()
+        self.lrn_backend = lrn_backend
         self.conv1 = nn.Conv2d(3, 64, 5, padding=2)
         self.conv2 = nn.Conv2d(64, 64, 5, padding=2)
         side = math.ceil(math.ceil(image_size / 2) / 2)  # two SAME stride-2 pools
@@ -95,8 +101,8 @@ class PaperCNN(nn.Module):
         return [self.fc1.weight, self.fc2.weight]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = lrn_tf(max_pool_same(F.relu(self.conv1(x))))
-        x = max_pool_same(lrn_tf(F.relu(self.conv2(x))))
+        x = lrn_tf(max_pool_same(F.relu(self.conv1(x))), self.lrn_backend)
+        x = max_pool_same(lrn_tf(F.relu(self.conv2(x)), self.lrn_backend))
         x = torch.flatten(x.permute(0, 2, 3, 1), 1)  # flatten in TF's NHWC order
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))

@@ -19,11 +19,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import KINDS, PAPER, get_strategy
 from .data.mixture import DistortionCache, epoch_data, epoch_plan
 from .data.sources import Dataset, atomic_write_bytes, load
+from .distributed import World, world
 from .model import PaperCNN, standardize
-from .ops.labels import parse_transform, soft_label_mse
+from .ops import dispatch
+from .ops.iqa import check_measure
+from .ops.labels import apply_transform, parse_transform
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -47,10 +51,16 @@ class TrainConfig:
     batch_size: int = PAPER.batch_size
     lr_step_epochs: int | None = None  # None: the paper's 350-of-2000 step, scaled with --epochs
     out: str | None = None
+    iqa: str = "ssim"  # the IQA measure behind IQA-LS's scores: ssim | ms-ssim-small | gmsd | psnr (ops/iqa.py)
+    # How fast, not what: these change float rounding at most, so a run may be resumed with others.
+    compile: bool = False  # torch.compile the step (CUDA graphs on GPU); the CLI turns it on by default
+    channels_last: bool = False
+    bf16: bool = False  # bf16 autocast of the CNN on CUDA (the loss stays float32)
 
     def validate(self) -> None:
         get_strategy(self.strategy)
         parse_transform(self.transform)
+        check_measure(self.iqa)
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not 0 <= self.seed < 2**32:
@@ -68,7 +78,9 @@ class TrainConfig:
         return Path(self.out) if self.out else Path("runs") / f"strategy{self.strategy}-seed{self.seed}"
 
     # Options that change the result: a resumed run must agree on all of them.
-    RESULT_KEYS = ("strategy", "data", "epochs", "train_subset", "seed", "transform", "batch_size", "lr_step_epochs")
+    RESULT_KEYS = ("strategy", "data", "epochs", "train_subset", "seed", "transform", "batch_size", "lr_step_epochs",
+                   "iqa")
+    RESULT_DEFAULTS = {"iqa": "ssim"}  # what a run written before the key existed used
 
 
 def _save_json(path: Path, obj) -> None:
@@ -97,50 +109,95 @@ def load_run_config(run: Path) -> dict:
     return json.loads(p.read_text())
 
 
+def make_step(model: PaperCNN, opt: torch.optim.Optimizer, loss_fn, cfg: TrainConfig, device: torch.device,
+              w: World):
+    """One SGD step on a batch of uint8 images: standardise, forward, Eq. 1 loss, backward, update.
+
+    Returns ``step(x_u8, labels, on_true) -> (loss, number correct)``, both detached. With
+    ``cfg.compile`` the forward and loss are one ``torch.compile`` graph (AOTAutograd compiles the
+    backward too; the fused loss and the LRN kernels are custom ops inside it, not graph breaks); on
+    CUDA the graph is replayed as a CUDA graph ("reduce-overhead"), since a batch of 100 is launch-bound.
+    """
+    net = model
+    if w.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    bf16 = cfg.bf16 and device.type == "cuda"
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def forward(x_u8, labels, on_true):
+        x = standardize(x_u8).contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = net(x)
+        loss = loss_fn(logits.float(), labels, on_true)
+        return loss, (logits.argmax(1) == labels).sum()
+
+    cudagraphs = cfg.compile and device.type == "cuda"
+    if cfg.compile:
+        forward = torch.compile(forward, mode="reduce-overhead" if cudagraphs else None, dynamic=False)
+
+    def step(x_u8, labels, on_true):
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, correct = forward(x_u8, labels, on_true)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach().clone(), correct.clone()
+
+    return step
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = None, progress: bool = True,
           stop_after: int | None = None) -> Path:
     """Train ``cfg.strategy``; return the run directory. ``stop_after`` ends early after that many
-    epochs (as an interruption would), leaving a resumable checkpoint."""
+    epochs (as an interruption would), leaving a resumable checkpoint. Under torchrun, every rank
+    calls this (see distributed.py); rank 0 alone touches the run directory."""
     cfg.validate()
     strategy = get_strategy(cfg.strategy)
     protocol = cfg.protocol()
     run = cfg.run_dir()
     ckpt_path = run / CHECKPOINT
-    if ckpt_path.exists() and not resume:
-        raise RunError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
-    if resume and not ckpt_path.exists():
-        raise RunError(f"--resume: no checkpoint in {run}")
-    device = torch.device(cfg.device)
+    w = world()
+    device = distributed.setup(w, torch.device(cfg.device))
+    if cfg.batch_size % w.size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes ({w.size}): "
+                         "each step's batch is split evenly between them")
 
     ds = (dataset if dataset is not None else load(cfg.data)).subset(cfg.train_subset, cfg.seed)
-    model = PaperCNN(ds.num_classes, ds.train_x.shape[1], seed=cfg.seed).to(device)
+    model = PaperCNN(ds.num_classes, ds.train_x.shape[1], seed=cfg.seed)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device)
     opt = make_optimizer(model, protocol.lr, protocol.weight_decay)
+
+    # Rank 0 checks and reads the run directory; the others get its verdict and state.
+    state, error = None, None
+    if w.main:
+        try:
+            state = _open_run(cfg, run, ckpt_path, resume, ds, strategy, protocol)
+        except RunError as e:
+            error = str(e)
+    state, error = distributed.broadcast((state, error), w)
+    if error:
+        raise RunError(error)
     start, history = 0, []
-    if resume:
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        old = state["config"]
-        diff = {k: (old.get(k), getattr(cfg, k)) for k in TrainConfig.RESULT_KEYS if old.get(k) != getattr(cfg, k)}
-        if diff:
-            raise RunError(f"--resume: options differ from the run in {run}: " +
-                           ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history = state["epoch"], state["history"]
-    else:
-        run.mkdir(parents=True, exist_ok=True)
-        _save_json(run / CONFIG, {**asdict(cfg), "strategy_name": strategy.name, "protocol": asdict(protocol),
-                                  "dataset": {"source": ds.source, "checksum": ds.checksum,
-                                              "classes": list(ds.classes), "n_train": int(len(ds.train_y)),
-                                              "image_size": int(ds.train_x.shape[1])},
-                                  "versions": versions()})
 
-    cache = DistortionCache(ds.train_x, backend=cfg.backend)
-    labels = torch.from_numpy(ds.train_y).to(device)
+    # Checked once here, not every step: the dispatched loss itself runs on device without host syncs.
+    _, loss_fn = dispatch.resolve("soft_label_mse", cfg.backend, device)
+    cache = DistortionCache(ds.train_x, backend=cfg.backend, iqa=cfg.iqa)
     n = len(ds.train_y)
+    local_batch = cfg.batch_size // w.size
     steps = -(-n // cfg.batch_size)
+    step = make_step(model, opt, loss_fn, cfg, device, w)
     end = protocol.epochs if stop_after is None else min(protocol.epochs, start + stop_after)
     bar = tqdm(total=(protocol.epochs - start) * steps, desc=f"strategy {cfg.strategy}", unit="batch",
-               disable=not progress, dynamic_ncols=True)
+               disable=not (progress and w.main), dynamic_ncols=True)
     try:
         for epoch in range(start, end):
             t0 = time.perf_counter()
@@ -148,45 +205,96 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
             for g in opt.param_groups:
                 g["lr"] = lr
             plan = epoch_plan(n, strategy.kinds, cfg.seed, epoch, protocol.mixture)
-            x_np, s_np = epoch_data(cache, plan)
-            t_data = time.perf_counter() - t0
+            order = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, 2])).permutation(n)
+            # Step b's batch is order[b*B:(b+1)*B]; this rank takes every size-th image of it, i.e.
+            # positions p of the order with p % size == rank (B is a multiple of size).
+            mine = order[w.rank::w.size]
+            x_np, s_np = epoch_data(cache, plan, mine)
+            _check_scores(s_np, epoch)
             x = torch.from_numpy(x_np).to(device)
+            labels = torch.from_numpy(ds.train_y[mine]).to(device)
             scores = torch.from_numpy(s_np if strategy.iqa_ls else np.ones_like(s_np)).to(device)
-            order = torch.from_numpy(np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, 2])).permutation(n))
+            on_true = apply_transform(scores, cfg.transform, ds.num_classes)
+            t_data = time.perf_counter() - t0
             model.train()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.int64)
             for b in range(steps):
-                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].to(device)
-                logits = model(standardize(x[idx]))
-                loss = soft_label_mse(logits, labels[idx], scores[idx], cfg.transform, backend=cfg.backend)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach() * len(idx)
-                correct += (logits.argmax(1) == labels[idx]).sum()
+                sl = slice(b * local_batch, (b + 1) * local_batch)
+                loss, c = step(x[sl], labels[sl], on_true[sl])
+                loss_sum += loss * len(labels[sl])
+                correct += c
                 bar.update(1)
                 if b % 10 == 0 or b == steps - 1:
                     el = bar.format_dict["elapsed"] or 1e-9
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}",
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}",
                                     img_s=f"{bar.n * cfg.batch_size / el:.0f}")
+            sums = _ssim_sums(s_np, plan, mine, device)
+            totals = distributed.all_reduce_sum(torch.cat([loss_sum[None].double(), correct[None].double(), sums]), w)
             dt = time.perf_counter() - t0
-            rec = {"epoch": epoch + 1, "lr": lr, "loss": float(loss_sum) / n, "train_acc": float(correct) / n,
+            rec = {"epoch": epoch + 1, "lr": lr, "loss": float(totals[0]) / n, "train_acc": float(totals[1]) / n,
                    "seconds": dt, "data_seconds": t_data, "images_per_s": n / dt,
-                   "mean_ssim": {f"{k}{lvl}": float(s_np[(plan.kind == i) & (plan.level == lvl)].mean())
-                                 for i, k in enumerate(KINDS) for lvl in (1, 2, 3)
-                                 if ((plan.kind == i) & (plan.level == lvl)).any()}}
+                   "mean_ssim": {f"{k}{lvl}": float(totals[2 + 2 * j] / totals[3 + 2 * j])
+                                 for j, (k, lvl) in enumerate(_KIND_LEVELS) if totals[3 + 2 * j] > 0}}
             history.append(rec)
-            _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "epoch": epoch + 1, "history": history, "config": asdict(cfg)})
-            atomic_write_bytes(run / METRICS, lambda f: f.write("".join(json.dumps(r) + "\n" for r in history).encode()))
+            if w.main:
+                _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                             "epoch": epoch + 1, "history": history, "config": asdict(cfg)})
+                atomic_write_bytes(run / METRICS,
+                                   lambda f: f.write("".join(json.dumps(r) + "\n" for r in history).encode()))
     except KeyboardInterrupt:
         bar.close()
         done = history[-1]["epoch"] if history else 0
-        print(f"\ninterrupted: {done} of {protocol.epochs} epochs are saved in {run}; continue with --resume")
+        if w.main:
+            print(f"\ninterrupted: {done} of {protocol.epochs} epochs are saved in {run}; continue with --resume")
         raise
     bar.close()
     return run
+
+
+_KIND_LEVELS = tuple((k, lvl) for k in KINDS for lvl in (1, 2, 3))
+
+
+def _ssim_sums(s_np: np.ndarray, plan, mine: np.ndarray, device) -> torch.Tensor:
+    """(sum of scores, count) per (kind, level) over this rank's images, float64, for all_reduce."""
+    kind, level = plan.kind[mine], plan.level[mine]
+    out = []
+    for i, _ in enumerate(KINDS):
+        for lvl in (1, 2, 3):
+            sel = (kind == i) & (level == lvl)
+            out += [float(s_np[sel].astype(np.float64).sum()), float(sel.sum())]
+    return torch.tensor(out, dtype=torch.float64, device=device)
+
+
+def _check_scores(s: np.ndarray, epoch: int) -> None:
+    bad = ~((s >= 0) & (s <= 1))  # NaN too
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise RuntimeError(f"epoch {epoch + 1}: a quality score outside [0, 1] ({s[i]!r}); the scoring backend is wrong")
+
+
+def _open_run(cfg: TrainConfig, run: Path, ckpt_path: Path, resume: bool, ds: Dataset, strategy, protocol):
+    """Check the run directory against --resume; return the checkpoint's state to resume from, or None
+    after writing a new run's config.json."""
+    if ckpt_path.exists() and not resume:
+        raise RunError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+    if resume and not ckpt_path.exists():
+        raise RunError(f"--resume: no checkpoint in {run}")
+    if resume:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        old = {**TrainConfig.RESULT_DEFAULTS, **state["config"]}
+        diff = {k: (old.get(k), getattr(cfg, k)) for k in TrainConfig.RESULT_KEYS if old.get(k) != getattr(cfg, k)}
+        if diff:
+            raise RunError(f"--resume: options differ from the run in {run}: " +
+                           ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+        return state
+    run.mkdir(parents=True, exist_ok=True)
+    _save_json(run / CONFIG, {**asdict(cfg), "strategy_name": strategy.name, "protocol": asdict(protocol),
+                              "dataset": {"source": ds.source, "checksum": ds.checksum,
+                                          "classes": list(ds.classes), "n_train": int(len(ds.train_y)),
+                                          "image_size": int(ds.train_x.shape[1])},
+                              "versions": versions()})
+    return None
 
 
 def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[PaperCNN, dict]:

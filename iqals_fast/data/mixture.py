@@ -7,7 +7,9 @@ noise of an epoch is keyed by a 32-bit seed derived from (seed, epoch), so a res
 same noise as an uninterrupted one, and every image's noise depends only on its dataset index.
 
 Blur and JPEG are deterministic, so their distorted images and SSIM scores are computed once per
-(kind, level) for the whole training set and reused every epoch (``DistortionCache``).
+(kind, level) for the whole training set and reused every epoch (``DistortionCache``). With another
+IQA measure than SSIM (``iqa=``, see ``iqals_fast/ops/iqa.py``) the scores are that measure's
+quality q in (0, 1], computed by the torch reference code after the (fast) distortion.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import KINDS, LEVELS, MIXTURE
-from ..ops.api import distort_and_score
+from ..ops.api import distort, distort_and_score
+from ..ops.iqa import check_measure, iqa_quality
 
 
 def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
@@ -65,34 +68,48 @@ class DistortionCache:
     """Distorted copies and SSIM scores of a fixed image set, per (kind, level), computed on demand.
 
     Deterministic kinds (blur, JPEG) are computed once for all images and kept; noise is computed
-    for the requested images with the requested seed every time.
+    for the requested images with the requested seed every time. ``iqa`` picks the quality score
+    (``ssim``, the paper's, fused with the distortion on the fast backends; or ``ms-ssim-small``,
+    ``gmsd``, ``psnr``: the quality q = T(measure) of ``iqals_fast.ops.iqa``).
     """
 
-    def __init__(self, images: np.ndarray, backend: str = "auto", levels=LEVELS):
+    def __init__(self, images: np.ndarray, backend: str = "auto", levels=LEVELS, iqa: str = "ssim"):
         self.images = images
         self.backend = backend
         self.levels = levels
+        self.iqa = check_measure(iqa)
         self._fixed: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _score(self, ref: np.ndarray, kind: str, param, seed: int, ids) -> tuple[np.ndarray, np.ndarray]:
+        if self.iqa == "ssim":
+            return distort_and_score(ref, kind, param=param, seed=seed, ids=ids, backend=self.backend)
+        y = distort(ref, kind, param=param, seed=seed, ids=ids, backend=self.backend)
+        return y, iqa_quality(ref, y, self.iqa, backend=self.backend)
 
     def get(self, kind: str, level: int, idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         if kind == "noise":
-            return distort_and_score(self.images[idx], kind, param=self.levels.param(kind, level), seed=seed,
-                                     ids=idx.astype(np.int64), backend=self.backend)
+            return self._score(self.images[idx], kind, self.levels.param(kind, level), seed, idx.astype(np.int64))
         key = (kind, level)
         if key not in self._fixed:
-            self._fixed[key] = distort_and_score(self.images, kind, param=self.levels.param(kind, level),
-                                                 backend=self.backend)
+            self._fixed[key] = self._score(self.images, kind, self.levels.param(kind, level), 0, None)
         x, s = self._fixed[key]
         return x[idx], s[idx]
 
 
-def epoch_data(cache: DistortionCache, plan: EpochPlan) -> tuple[np.ndarray, np.ndarray]:
-    """The epoch's training images (uint8, pristine where planned) and their SSIM scores (1 if pristine)."""
-    x = cache.images.copy()
-    s = np.ones(len(x), np.float32)
+def epoch_data(cache: DistortionCache, plan: EpochPlan, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The epoch's training images (uint8, pristine where planned) and their quality scores (1 if
+    pristine), for the dataset indices ``idx`` in that order (default: all, in dataset order).
+
+    Every image's distortion depends on its dataset index only, so any split of the indices (the
+    ranks' shares under torchrun) gives the same images as one call for all.
+    """
+    idx = np.arange(len(cache.images)) if idx is None else np.asarray(idx, dtype=np.int64)
+    x = cache.images[idx]
+    s = np.ones(len(idx), np.float32)
+    kind, level = plan.kind[idx], plan.level[idx]
     for ki, k in enumerate(KINDS):
         for lvl in (1, 2, 3):
-            idx = np.flatnonzero((plan.kind == ki) & (plan.level == lvl))
-            if len(idx):
-                x[idx], s[idx] = cache.get(k, lvl, idx, plan.noise_seed)
+            sel = np.flatnonzero((kind == ki) & (level == lvl))
+            if len(sel):
+                x[sel], s[sel] = cache.get(k, lvl, idx[sel], plan.noise_seed)
     return x, s

@@ -1,6 +1,6 @@
 """The cpu backend: the C++ kernels of csrc/ (the compiled module ``iqals_fast._C``).
 
-Registers ``distort_score`` and ``ssim`` for CPU tensors at the dispatch point, where
+Registers ``distort_score``, ``ssim`` and ``lrn`` for CPU tensors at the dispatch point, where
 ``backend="auto"`` prefers it to the torch backend. Where the module was not built (a plain source
 checkout), it registers nothing and the torch backend serves CPU tensors.
 
@@ -17,6 +17,7 @@ import torch
 
 from ..config import BLUR_TRUNCATE, SSIM, gaussian_taps
 from . import dispatch
+from .lrn import lrn_torch
 
 try:
     from .. import _C
@@ -58,6 +59,48 @@ def _on_cpu(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+# -- LRN: custom ops, so that autograd and torch.compile (without a graph break) both use the kernels --
+
 if _C is not None:
+
+    @torch.library.custom_op("iqals_fast::lrn", mutates_args=(), device_types="cpu")
+    def lrn_op(x: torch.Tensor, radius: int, bias: float, alpha: float, beta: float) -> torch.Tensor:
+        y = _C.lrn_forward(_numpy(x.detach()), radius=radius, bias=bias, alpha=alpha, beta=beta,
+                           threads=torch.get_num_threads())
+        return torch.from_numpy(y)
+
+    @torch.library.custom_op("iqals_fast::lrn_backward", mutates_args=(), device_types="cpu")
+    def lrn_backward_op(x: torch.Tensor, dy: torch.Tensor, radius: int, bias: float, alpha: float,
+                        beta: float) -> torch.Tensor:
+        dx = _C.lrn_backward(_numpy(x.detach()), _numpy(dy.detach()), radius=radius, bias=bias, alpha=alpha,
+                             beta=beta, threads=torch.get_num_threads())
+        return torch.from_numpy(dx)
+
+    @lrn_op.register_fake
+    def _(x, radius, bias, alpha, beta):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @lrn_backward_op.register_fake
+    def _(x, dy, radius, bias, alpha, beta):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def _lrn_setup(ctx, inputs, output):
+        x, ctx.radius, ctx.bias, ctx.alpha, ctx.beta = inputs
+        ctx.save_for_backward(x)
+
+    def _lrn_backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        return lrn_backward_op(x, dy, ctx.radius, ctx.bias, ctx.alpha, ctx.beta), None, None, None, None
+
+    lrn_op.register_autograd(_lrn_backward, setup_context=_lrn_setup)
+
+    def lrn(x, radius, bias, alpha, beta):
+        if x.dtype == torch.float64:  # the kernels are float32; float64 keeps its precision on the reference
+            return lrn_torch(x, radius, bias, alpha, beta)
+        if x.dtype != torch.float32:  # bf16 / fp16 (autocast): computed in float32, returned in x's dtype
+            return lrn_op(x.float(), radius, bias, alpha, beta).to(x.dtype)
+        return lrn_op(x, radius, bias, alpha, beta)
+
     dispatch.register("distort_score", "cpu", distort_score, _on_cpu)
     dispatch.register("ssim", "cpu", ssim, _on_cpu)
+    dispatch.register("lrn", "cpu", lrn, _on_cpu)

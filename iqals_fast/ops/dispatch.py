@@ -13,6 +13,7 @@ Operations and their signatures (tensors already validated by the public API):
 - ``ssim(reference, distorted) -> float32 scores``
 - ``jpeg(images, quality) -> uint8 images``
 - ``soft_label_mse(logits, labels, targets_on_true) -> scalar loss`` (differentiable)
+- ``lrn(x, radius, bias, alpha, beta) -> y`` TensorFlow's LRN across channels (differentiable)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-OPS = ("distort_score", "ssim", "jpeg", "soft_label_mse")
+OPS = ("distort_score", "ssim", "jpeg", "soft_label_mse", "lrn")
 PREFERENCE = ("triton", "dali", "cpu", "torch")
 """auto's order: the fastest backend first. Every op has a torch (reference) implementation."""
 

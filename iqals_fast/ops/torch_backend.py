@@ -18,6 +18,7 @@ from ..config import BLUR_TRUNCATE, SSIM
 from . import dispatch
 from ._images import to_uint8
 from .filters import gaussian_blur, planes
+from .lrn import lrn_torch
 from .noise import normals
 
 CHUNK = 512  # images per step: keeps the float temporaries cache-sized on CPU
@@ -100,5 +101,6 @@ def _any(device: torch.device) -> bool:
     return True
 
 
-for _op, _fn in (("distort_score", distort_score), ("ssim", ssim), ("jpeg", jpeg), ("soft_label_mse", soft_label_mse)):
+for _op, _fn in (("distort_score", distort_score), ("ssim", ssim), ("jpeg", jpeg), ("soft_label_mse", soft_label_mse),
+                 ("lrn", lrn_torch)):
     dispatch.register(_op, "torch", _fn, _any)
