@@ -109,9 +109,25 @@ def load_run_config(run: Path) -> dict:
     return json.loads(p.read_text())
 
 
+def make_forward(net: torch.nn.Module, loss_fn, cfg: TrainConfig, device: torch.device):
+    """``forward(x_u8, labels, on_true) -> (loss, number correct)``: standardise, CNN, Eq. 1 loss.
+    What ``torch.compile`` compiles (one graph: tests/test_train.py checks that nothing breaks it)."""
+    bf16 = cfg.bf16 and device.type == "cuda"
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def forward(x_u8, labels, on_true):
+        x = standardize(x_u8).contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = net(x)
+        loss = loss_fn(logits.float(), labels, on_true)
+        return loss, (logits.argmax(1) == labels).sum()
+
+    return forward
+
+
 def make_step(model: PaperCNN, opt: torch.optim.Optimizer, loss_fn, cfg: TrainConfig, device: torch.device,
               w: World):
-    """One SGD step on a batch of uint8 images: standardise, forward, Eq. 1 loss, backward, update.
+    """One SGD step on a batch of uint8 images: forward (make_forward), backward, update.
 
     Returns ``step(x_u8, labels, on_true) -> (loss, number correct)``, both detached. With
     ``cfg.compile`` the forward and loss are one ``torch.compile`` graph (AOTAutograd compiles the
@@ -123,16 +139,7 @@ def make_step(model: PaperCNN, opt: torch.optim.Optimizer, loss_fn, cfg: TrainCo
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    bf16 = cfg.bf16 and device.type == "cuda"
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-    def forward(x_u8, labels, on_true):
-        x = standardize(x_u8).contiguous(memory_format=fmt)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = net(x)
-        loss = loss_fn(logits.float(), labels, on_true)
-        return loss, (logits.argmax(1) == labels).sum()
-
+    forward = make_forward(net, loss_fn, cfg, device)
     cudagraphs = cfg.compile and device.type == "cuda"
     if cfg.compile:
         forward = torch.compile(forward, mode="reduce-overhead" if cudagraphs else None, dynamic=False)
@@ -160,10 +167,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
     run = cfg.run_dir()
     ckpt_path = run / CHECKPOINT
     w = world()
-    device = distributed.setup(w, torch.device(cfg.device))
     if cfg.batch_size % w.size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes ({w.size}): "
                          "each step's batch is split evenly between them")
+    device = distributed.setup(w, torch.device(cfg.device))
 
     ds = (dataset if dataset is not None else load(cfg.data)).subset(cfg.train_subset, cfg.seed)
     model = PaperCNN(ds.num_classes, ds.train_x.shape[1], seed=cfg.seed)
