@@ -1,4 +1,21 @@
-"""The ten test sets of Table 2: pristine, and blur / noise / JPEG at levels 1-3.
+"""Test sets and what is measured on them.
+
+Suites:
+
+- ``table2``: the ten test sets of Table 2: pristine, and blur / noise / JPEG at the paper's levels 1-3.
+- ``corruptions``: the CIFAR-10-C severities 1-5 of Hendrycks and Dietterich (ICLR 2019, the
+  parameters of their ``make_cifar_c.py``) for the three corruptions our own ops compute:
+  Gaussian noise sigma .04 .06 .08 .09 .10 on the [0, 1] scale (our ``noise`` takes the variance,
+  sigma^2), Gaussian blur sigma .4 .6 .7 .8 1.0 (skimage's ``gaussian``, as theirs) and JPEG quality
+  80 65 58 50 40 (PIL, as theirs). One difference: CIFAR-10-C truncates to uint8, we round.
+  The other twelve CIFAR-10-C corruptions are not computed: no maintained package computes them
+  with CIFAR-10-C's parameters (see README).
+
+On every test set: accuracy, ECE (15 bins), NLL, Brier score, mean confidence in the predicted
+and in the true class, the Spearman correlation between true-class confidence and each image's
+SSIM (``None`` on the pristine set, where SSIM is constant), and per-bin sums for reliability
+diagrams and the confidence-against-SSIM figure (``iqals_fast/metrics.py``). Pooled over each
+suite (and over both), the Spearman correlation of the (image, test set) pairs.
 
 Distortions of the test set are fixed: blur and JPEG are deterministic and the noise is keyed by
 ``TEST_NOISE_SEED`` and each test image's index, so every run is tested on the same images.
@@ -16,12 +33,27 @@ import torch
 from .config import KINDS, LEVELS
 from .data.mixture import DistortionCache
 from .data.sources import Dataset, atomic_write_bytes, load
+from .metrics import classification_metrics, spearman
 from .model import standardize
-from .train import load_model
+from .ops.api import distort_and_score
+from .train import load_model, versions
 
 TEST_NOISE_SEED = 20180910
 TEST_SETS: tuple[tuple[str, int], ...] = (("pristine", 0),) + tuple((k, lvl) for k in KINDS for lvl in (1, 2, 3))
 EVAL = "eval.json"
+EVAL_VERSION = 2
+"""eval.json layout: 1 = accuracy and mean true-class confidence on Table 2's sets; 2 = the
+calibration metrics on every set and the corruptions suite."""
+
+SEVERITIES = (1, 2, 3, 4, 5)
+CORRUPTIONS: dict[str, tuple[str, tuple]] = {
+    # CIFAR-10-C name: (our distortion kind, parameter at severities 1-5 in our ops' units)
+    "gaussian_noise": ("noise", tuple(round(s * s, 6) for s in (0.04, 0.06, 0.08, 0.09, 0.10))),  # variance
+    "gaussian_blur": ("blur", (0.4, 0.6, 0.7, 0.8, 1.0)),  # sigma, pixels
+    "jpeg_compression": ("jpeg", (80, 65, 58, 50, 40)),  # quality
+}
+CORRUPTION_SETS = tuple(f"{c}-{s}" for c in CORRUPTIONS for s in SEVERITIES)
+SUITES = ("table2", "corruptions", "all")
 
 
 def test_set_name(kind: str, level: int) -> str:
@@ -38,22 +70,70 @@ def test_sets(ds: Dataset, backend: str = "auto") -> dict[str, tuple[np.ndarray,
     return out
 
 
+def corruption_sets(ds: Dataset, backend: str = "auto") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``"<corruption>-<severity>"`` -> (uint8 images, SSIM scores) for the CIFAR-10-C severities."""
+    ids = np.arange(len(ds.test_y), dtype=np.int64)
+    out = {}
+    for name, (kind, params) in CORRUPTIONS.items():
+        for sev, p in zip(SEVERITIES, params):
+            out[f"{name}-{sev}"] = distort_and_score(ds.test_x, kind, param=p, seed=TEST_NOISE_SEED, ids=ids,
+                                                     backend=backend)
+    return out
+
+
 @torch.no_grad()
-def predict(model, images: np.ndarray, device, batch: int = 1000) -> np.ndarray:
-    """Softmax probabilities, float32 N x K."""
+def predict_log_probs(model, images: np.ndarray, device, batch: int = 1000) -> np.ndarray:
+    """Log-softmax outputs, float64 N x K (computed in float32)."""
     out = []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(images[i:i + batch]).to(device)
-        out.append(torch.softmax(model(standardize(x)).float(), 1).cpu())
-    return torch.cat(out).numpy()
+        out.append(torch.log_softmax(model(standardize(x)).float(), 1).cpu())
+    return torch.cat(out).double().numpy() if out else np.zeros((0, 0))
+
+
+def predict(model, images: np.ndarray, device, batch: int = 1000) -> np.ndarray:
+    """Softmax probabilities, float32 N x K."""
+    return np.exp(predict_log_probs(model, images, device, batch)).astype(np.float32)
+
+
+def _suite(model, sets, labels, device) -> tuple[dict, dict]:
+    results, pool_conf, pool_ssim = {}, [], []
+    for name, (x, s) in sets.items():
+        lp = predict_log_probs(model, x, device)
+        results[name] = classification_metrics(lp, labels, s)
+        pool_conf.append(np.exp(lp[np.arange(len(labels)), labels]))
+        pool_ssim.append(np.asarray(s, np.float64))
+    return results, {"conf": np.concatenate(pool_conf), "ssim": np.concatenate(pool_ssim)}
+
+
+def _rho(pool) -> float | None:
+    r = spearman(pool["conf"], pool["ssim"])
+    return None if np.isnan(r) else r
+
+
+def needs_eval(run: Path, suite: str = "all") -> bool:
+    """True when ``RUN/eval.json`` is missing or lacks what ``suite`` measures (an older layout)."""
+    p = Path(run) / EVAL
+    if not p.is_file():
+        return True
+    e = json.loads(p.read_text())
+    if e.get("eval_version", 1) < EVAL_VERSION:
+        return True
+    return suite in ("corruptions", "all") and not e.get("corruptions")
 
 
 def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend: str = "auto",
-             dataset: Dataset | None = None, sets=None, test_subset: int | None = None) -> dict:
-    """Accuracy of a trained run on the ten test sets; writes ``RUN/eval.json`` atomically.
+             dataset: Dataset | None = None, sets=None, corruptions=None, test_subset: int | None = None,
+             suite: str = "all") -> dict:
+    """Test a trained run on ``suite``'s test sets; writes ``RUN/eval.json`` atomically.
 
-    ``test_subset`` keeps a class-balanced N of the test images (a quick look; Table 2 uses the whole test set).
+    ``suite``: ``table2``, ``corruptions`` or ``all``. Evaluating one suite keeps the other's results
+    already in eval.json (if its layout is current). ``test_subset`` keeps a class-balanced N of the
+    test images (Table 2 proper uses the whole test set). ``sets`` / ``corruptions`` pass
+    precomputed test sets (name -> (images, SSIM)), to share them between runs.
     """
+    if suite not in SUITES:
+        raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
     run = Path(run)
     t0 = time.perf_counter()
     model, cfg = load_model(run, device)
@@ -61,20 +141,32 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
     ds = ds.test_subset(test_subset)
     if ds.checksum != cfg["dataset"]["checksum"]:
         print(f"note: evaluating on {ds.source}, not the training data's source {cfg['dataset']['source']}")
-    sets = sets if sets is not None else test_sets(ds, backend)
-    results = {}
-    for name, (x, s) in sets.items():
-        p = predict(model, x, device)
-        pred = p.argmax(1)
-        results[name] = {
-            "accuracy": float((pred == ds.test_y).mean()),
-            "mean_ssim": float(np.mean(s)),
-            "mean_true_class_confidence": float(p[np.arange(len(p)), ds.test_y].mean()),
-            "n": int(len(x)),
-        }
+    old = {}
+    if suite != "all" and (run / EVAL).is_file():
+        old = json.loads((run / EVAL).read_text())
+        if old.get("eval_version", 1) < EVAL_VERSION or old.get("test_checksum") != ds.checksum \
+                or old.get("test_data") != ds.source:
+            old = {}
     out = {"run": str(run), "strategy": cfg["strategy"], "strategy_name": cfg["strategy_name"],
-           "seed": cfg["seed"], "test_data": ds.source, "test_checksum": ds.checksum,
-           "test_noise_seed": TEST_NOISE_SEED, "levels": {k: list(getattr(LEVELS, k)) for k in KINDS},
-           "results": results, "seconds": time.perf_counter() - t0}
+           "seed": cfg["seed"], "iqa": cfg.get("iqa", "ssim"), "eval_version": EVAL_VERSION, "test_data": ds.source,
+           "test_checksum": ds.checksum, "test_noise_seed": TEST_NOISE_SEED,
+           "levels": {k: list(getattr(LEVELS, k)) for k in KINDS},
+           "corruption_params": {c: {"kind": k, "params": list(p)} for c, (k, p) in CORRUPTIONS.items()},
+           "results": old.get("results", {}), "corruptions": old.get("corruptions", {}),
+           "pooled": {k: v for k, v in old.get("pooled", {}).items() if k != "all"}}
+    pools = {}
+    if suite in ("table2", "all"):
+        s = sets if sets is not None else test_sets(ds, backend)
+        out["results"], pools["table2"] = _suite(model, s, ds.test_y, device)
+    if suite in ("corruptions", "all"):
+        c = corruptions if corruptions is not None else corruption_sets(ds, backend)
+        out["corruptions"], pools["corruptions"] = _suite(model, c, ds.test_y, device)
+    for k, pool in pools.items():
+        out["pooled"][k] = {"spearman_true_conf_ssim": _rho(pool), "n": int(len(pool["conf"]))}
+    if len(pools) == 2:
+        both = {k: np.concatenate([pools["table2"][k], pools["corruptions"][k]]) for k in ("conf", "ssim")}
+        out["pooled"]["all"] = {"spearman_true_conf_ssim": _rho(both), "n": int(len(both["conf"]))}
+    out["versions"] = versions()
+    out["seconds"] = time.perf_counter() - t0
     atomic_write_bytes(run / EVAL, lambda f: f.write((json.dumps(out, indent=2) + "\n").encode()))
     return out

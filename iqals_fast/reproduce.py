@@ -27,8 +27,19 @@ import torch
 
 from .config import STRATEGIES
 from .data.sources import atomic_write_bytes, load
-from .evaluate import EVAL, evaluate
-from .report import SET_NAMES, aggregate, figure3, figure4, load_evals, table
+from .evaluate import corruption_sets, evaluate, needs_eval, test_sets
+from .report import (
+    SET_NAMES,
+    aggregate,
+    calibration_table,
+    corruption_errors,
+    extended_reports,
+    figure3,
+    figure4,
+    has_extended,
+    load_evals,
+    table,
+)
 from .train import CHECKPOINT, TrainConfig, train, versions
 
 
@@ -70,15 +81,27 @@ def reproduce(protocol: str = "small", *, data: str = "cifar10", out: str | Path
             run = cfg.run_dir()
             if not _finished(run, p.epochs):
                 train(cfg, resume=(run / CHECKPOINT).is_file(), dataset=ds, progress=progress)
-            if not (run / EVAL).is_file():
-                evaluate(run, device=device, backend=backend, dataset=ds, test_subset=p.test_subset)
             runs.append(run)
+    evaluate_runs(runs, ds, p.test_subset, device=device, backend=backend)
     table(runs, paper_csv, out_dir=out)
     figure3(runs, out)
     # the committed report must not carry dataset pixels: Figure 4 without the thumbnails
     figure4(runs, out, dataset=ds, device=device, show_images=False)
+    extended_reports(runs, out)
     write_report(out, p, runs, ds, seeds, wall=time.perf_counter() - t0, command=command)
     return out / "report.md"
+
+
+def evaluate_runs(runs, ds, test_subset: int | None, *, device: str = "cpu", backend: str = "auto") -> None:
+    """Evaluate every run whose eval.json is missing or older than the current layout (both suites);
+    the test sets are computed once and shared."""
+    todo = [r for r in runs if needs_eval(r, "all")]
+    if not todo:
+        return
+    sub = ds.test_subset(test_subset)
+    sets, corr = test_sets(sub, backend), corruption_sets(sub, backend)
+    for r in todo:
+        evaluate(r, device=device, backend=backend, dataset=ds, sets=sets, corruptions=corr, test_subset=test_subset)
 
 
 def claims(agg: dict) -> list[str]:
@@ -111,6 +134,82 @@ def claims(agg: dict) -> list[str]:
             f"{np.mean([acc(9, n) - acc(8, n) for n in dist if n[-1] == '3']):+.2f}."
         )
     return lines
+
+
+def extended_sections(out: Path, evals: list[dict]) -> str:
+    """The report's sections beyond Table 2 (empty if some run's eval.json predates them)."""
+    if not has_extended(evals):
+        return ""
+    cal = calibration_table(evals)
+    lines = robustness_lines(evals)
+    return f"""
+## Robustness at the CIFAR-10-C severities
+
+The severities 1-5 of Hendrycks and Dietterich's CIFAR-10-C for Gaussian noise, Gaussian blur and JPEG,
+made by our own ops on the same test images (`iqals-fast eval --suite corruptions`). The other twelve
+CIFAR-10-C corruptions are not included: no maintained package computes them with CIFAR-10-C's parameters
+(see `results/README.md`).
+
+{(out / 'corruptions.md').read_text()}
+![Accuracy against CIFAR-10-C severity](corruptions.png)
+
+{chr(10).join(lines)}
+
+## Calibration and confidence
+
+{cal}
+Every metric on every test set: [calibration.md](calibration.md) (and `calibration.csv`).
+
+![Reliability diagrams](reliability.png)
+
+![Confidence against SSIM](figure4_ssim.png)
+
+{chr(10).join(calibration_lines(evals))}
+"""
+
+
+def _pairs():
+    return {"blur": (2, 3), "noise": (4, 5), "jpeg": (6, 7), "all3": (8, 9)}
+
+
+def robustness_lines(evals: list[dict]) -> list[str]:
+    """mCE of each mixture and IQA-LS against 0-1 labels, per seed, one line each."""
+    base = {e["seed"]: e for e in evals if e["strategy"] == 1}
+    by = {(e["strategy"], e["seed"]): e for e in evals}
+    seeds = sorted(base)
+    out = []
+    for kind, (zo, ls) in _pairs().items():
+        if not all((x, sd) in by for x in (zo, ls) for sd in seeds) or not seeds:
+            continue
+        m = {x: [corruption_errors(by[(x, sd)], base[sd])["mCE"] for sd in seeds] for x in (zo, ls)}
+        out.append(f"- **{kind}**: mCE {STRATEGIES[zo].name} {np.mean(m[zo]):.1f}, {STRATEGIES[ls].name} "
+                   f"{np.mean(m[ls]):.1f} (IQA-LS minus 0-1 labels per seed: "
+                   + ", ".join(f"{b - a:+.1f}" for a, b in zip(m[zo], m[ls])) + ").")
+    return out
+
+
+def calibration_lines(evals: list[dict]) -> list[str]:
+    """ECE and the confidence-SSIM correlation, IQA-LS against 0-1 labels, per seed."""
+    by = {(e["strategy"], e["seed"]): e for e in evals}
+    seeds = sorted({e["seed"] for e in evals})
+    out = []
+    for kind, (zo, ls) in _pairs().items():
+        if not all((x, sd) in by for x in (zo, ls) for sd in seeds):
+            continue
+
+        def d(f, zo=zo, ls=ls):
+            return [f(by[(ls, sd)]) - f(by[(zo, sd)]) for sd in seeds]
+
+        ece_clean = d(lambda e: 100 * e["results"]["pristine"]["ece"])
+        ece_dist = d(lambda e: 100 * np.mean([e["results"][n]["ece"] for n in SET_NAMES[1:]]))
+        rho = d(lambda e: e["pooled"]["all"]["spearman_true_conf_ssim"])
+        conf = d(lambda e: e["results"]["pristine"]["mean_true_class_confidence"])
+        out.append(f"- **{kind}** (IQA-LS minus 0-1 labels, per seed): ECE clean "
+                   + ", ".join(f"{v:+.2f}" for v in ece_clean) + " points, ECE Table 2 distorted "
+                   + ", ".join(f"{v:+.2f}" for v in ece_dist) + "; true-class confidence on clean images "
+                   + ", ".join(f"{v:+.3f}" for v in conf) + "; pooled Spearman(confidence, SSIM) "
+                   + ", ".join(f"{v:+.3f}" for v in rho) + ".")
+    return out
 
 
 def write_report(out: Path, p: ReproProtocol, runs, ds, seeds, wall: float, command: str) -> Path:
@@ -147,7 +246,7 @@ Produced by `{command}`.
 {chr(10).join(claims(agg)) or '(needs strategies 1-9)'}
 
 Seed-to-seed spread: {f'median std {np.median(spread):.2f} points, max {np.max(spread):.2f}' if spread else 'one seed only, so no spread measured; differences under about 1 point should not be read as effects'}.
-
+{extended_sections(out, evals)}
 Each run's options, metrics per epoch and evaluation are in `runs/strategy<N>-seed<S>/` (`config.json`,
 `metrics.jsonl`, `eval.json`); the checkpoints are not committed.
 """
