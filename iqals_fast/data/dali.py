@@ -298,13 +298,18 @@ def read_split(path, split: str = "train", *, shard_id: int = 0, num_shards: int
         classes, files, blobs, labels = _archive_listing(root, split)
     lo, hi = _shard_range(len(files), shard_id, num_shards)
     n = hi - lo
+    batch_size = max(1, min(batch_size, n))  # a batch never holds a file twice
     n_iter = -(-n // batch_size)
     decoder = "mixed" if dev == "gpu" else "cpu"
 
     if blobs is None:
         def graph():
+            # The last batch wraps to the start of this shard (stick_to_shard) and is trimmed below.
+            # Not pad_last_batch: it repeats the last file to fill the batch, and DALI 2.4 can crash
+            # (SIGSEGV) when several copies of a corrupt file fail to decode at once.
             enc, lab = fn.readers.file(files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
-                                       pad_last_batch=True, random_shuffle=False, name="reader")
+                                       stick_to_shard=True, pad_last_batch=False, random_shuffle=False,
+                                       name="reader")
             return _decode(fn, types, enc, decoder), lab
         feeds = {}
     else:
