@@ -51,8 +51,12 @@ step tests_triton 180 "$PY" -m pytest tests/test_triton_backend.py --device cuda
 # 4. the benchmark (writes the JSON into $OUTDIR)
 step bench 240 "$PY" bench/gpu_bench.py --device cuda --n 50000 --out "$OUTDIR"
 
-# 5. training throughput of the plain training loop on the GPU (strategy 9, eager model; the baseline
-#    the fast training path improves on), then evaluation through the GPU backends
+# 5. training throughput (issue 5): eager vs compiled (CUDA graphs) model-only steps at batch 100, and
+#    the full strategy-9 pipeline (real train(): data, distortions, SSIM, steps, checkpoints)
+step train_bench 200 "$PY" -m iqals_fast bench --device cuda --data "$IQALS_CIFAR_JPEG" -n 50000 --epochs 3 \
+  --steps 50 --rounds 5 --out "$OUTDIR/train-bench.json"
+
+# 5b. the CLI end to end on the GPU: train (compiled), then evaluation through the GPU backends
 step train_gpu 100 bash -c "'$PY' -m iqals_fast train --strategy 9 --data '$IQALS_CIFAR_JPEG' --epochs 2 \
   --train-subset 20000 --device cuda --out /tmp/gpu_run --no-progress && cat /tmp/gpu_run/metrics.jsonl && \
   '$PY' -m iqals_fast eval /tmp/gpu_run --device cuda && tail -c 600 /tmp/gpu_run/eval.json"

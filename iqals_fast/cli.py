@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--paper", default=None, help="CSV of the paper's numbers: strategy,test_set,accuracy")
     r.add_argument("--no-progress", action="store_true")
 
+    b = sub.add_parser("bench", help="training throughput: eager vs compiled steps, and the full strategy-9 pipeline")
+    b.add_argument("--data", default="synthetic", help="images to time on (default synthetic; any --data spec)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("-n", type=_positive_int, default=5000, help="training images of the pipeline run")
+    b.add_argument("--epochs", type=_positive_int, default=3, help="pipeline epochs (the first is not counted)")
+    b.add_argument("--steps", type=_positive_int, default=20, help="model-only steps per round")
+    b.add_argument("--rounds", type=_positive_int, default=5, help="interleaved rounds (median reported)")
+    b.add_argument("--no-pipeline", action="store_true", help="model-only rows only")
+    b.add_argument("--out", type=Path, default=None, help="write the results as JSON (and the table as .md beside it)")
+
     d = sub.add_parser("distort", help="write distorted copies of images to disk (PNG) to look at")
     d.add_argument("--data", default="cifar10")
     d.add_argument("--split", choices=("train", "test"), default="test")
@@ -172,6 +182,12 @@ def _run(args, argv=None) -> int:
                         strategies=tuple(args.strategies), device=args.device, backend=args.backend,
                         paper_csv=args.paper, progress=not args.no_progress,
                         command=" ".join(["iqals-fast", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])))
+    elif args.command == "bench":
+        from .bench import run_bench
+
+        res = run_bench(args.data, args.device, n=args.n, epochs=args.epochs, steps=args.steps, rounds=args.rounds,
+                        out=args.out, pipeline_run=not args.no_pipeline)
+        print(res["table"], end="")
     elif args.command == "distort":
         _distort(args)
     return 0

@@ -169,3 +169,17 @@ def test_compiled_training_matches_eager(tmp_path):
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-3, atol=1e-5, msg=k)
     for ra, rb in zip(a["history"], b["history"]):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4) and rb["train_acc"] == ra["train_acc"]
+
+
+@pytest.mark.slow
+def test_bench_command_reports_every_row(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IQALS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", "synthetic", "-n", "200", "--epochs", "2", "--steps", "1", "--rounds", "1",
+                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["model_only"]) == {"eager, PyTorch LRN", "eager", "compiled"}
+    assert all(r["images_per_s"] > 0 for r in res["model_only"].values())
+    assert res["pipeline"]["n"] == 200 and len(res["pipeline"]["epochs_images_per_s"]) == 2
+    printed = capsys.readouterr().out
+    assert "full strategy-9 pipeline" in printed and printed == out.with_suffix(".md").read_text()

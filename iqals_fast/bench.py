@@ -1,0 +1,150 @@
+"""``iqals-fast bench``: training throughput, side by side in one run.
+
+Model-only rows time the SGD step alone on a fixed batch of uint8 images (standardise, forward, Eq. 1
+loss, backward, update), exactly as ``train`` builds it (``train.make_step``):
+
+- ``eager, PyTorch LRN``: the network as PyTorch composes it (``F.local_response_norm``), eager;
+- ``eager``: the dispatched LRN (the C++ kernels on CPU), eager;
+- ``compiled``: the same under ``torch.compile`` (CUDA graphs on GPU);
+- on CUDA also ``compiled, channels_last + bf16``.
+
+The pipeline row runs the real ``train()`` of strategy 9 (data, mixture, distortions, SSIM scores,
+soft labels, steps, the checkpoint of every epoch) for a few epochs and reports the median of the
+epochs after the first (the first pays for the compiler and the per-dataset blur/JPEG cache, which
+are reported apart). Rounds of the model-only variants are interleaved so a noisy machine hurts all
+alike; each figure is the median over rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.sources import atomic_write_bytes, load
+from .model import PaperCNN
+from .ops import dispatch
+from .train import TrainConfig, make_optimizer, make_step, train, versions
+
+
+def _variants(device: torch.device) -> list[tuple[str, str, TrainConfig]]:
+    base = TrainConfig(device=str(device))
+    out = [("eager, PyTorch LRN", "torch", base), ("eager", "auto", base),
+           ("compiled", "auto", replace(base, compile=True))]
+    if device.type == "cuda":
+        out.append(("compiled, channels_last + bf16", "auto", replace(base, compile=True, channels_last=True, bf16=True)))
+    return out
+
+
+def model_only(images: np.ndarray, labels: np.ndarray, device: torch.device, *, batch: int = 100, steps: int = 20,
+               rounds: int = 5, warmup: int = 3) -> dict[str, dict]:
+    """images/s of the training step alone for each variant (median over interleaved rounds)."""
+    x = torch.from_numpy(images[:batch]).to(device)
+    y = torch.from_numpy(labels[:batch]).to(device)
+    on_true = torch.linspace(0.6, 1.0, len(y), device=device)
+    _, loss_fn = dispatch.resolve("soft_label_mse", "auto", device)
+    steps_of = {}
+    for name, lrn_backend, cfg in _variants(device):
+        model = PaperCNN(seed=0, lrn_backend=lrn_backend)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model = model.to(device)
+        opt = make_optimizer(model, 0.01, 0.004)
+        step = make_step(model, opt, loss_fn, cfg, device, _one_process())
+        t = time.perf_counter()
+        for _ in range(warmup):  # the compiler runs here
+            step(x, y, on_true)
+        _sync(device)
+        steps_of[name] = (step, time.perf_counter() - t)
+    times: dict[str, list[float]] = {name: [] for name in steps_of}
+    for _ in range(rounds):
+        for name, (step, _) in steps_of.items():
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(steps):
+                step(x, y, on_true)
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {name: {"images_per_s": len(y) * steps / statistics.median(ts), "warmup_s": steps_of[name][1],
+                   "rounds_images_per_s": [len(y) * steps / t for t in ts]} for name, ts in times.items()}
+
+
+def pipeline(data: str, device: torch.device, *, n: int, epochs: int, compile: bool = True,
+             loader: str = "plain") -> dict:
+    """Strategy 9 trained for real on n images: images/s per epoch (data + distortions + scores + steps)."""
+    ds = load(data)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(strategy=9, data=data, epochs=epochs, train_subset=n, device=str(device), compile=compile,
+                          lr_step_epochs=epochs, out=str(Path(tmp) / "run"))
+        if loader != "plain":
+            cfg = replace(cfg, loader=loader)
+        run = train(cfg, dataset=ds, progress=False)
+        hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    later = hist[1:] or hist
+    return {"n": n, "epochs": epochs, "compile": compile, "loader": loader,
+            "images_per_s": statistics.median(h["images_per_s"] for h in later),
+            "data_seconds_per_epoch": statistics.median(h["data_seconds"] for h in later),
+            "first_epoch_seconds": hist[0]["seconds"], "first_epoch_data_seconds": hist[0]["data_seconds"],
+            "epochs_images_per_s": [h["images_per_s"] for h in hist]}
+
+
+def run_bench(data: str = "synthetic", device: str = "cpu", *, n: int = 5000, epochs: int = 3, steps: int = 20,
+              rounds: int = 5, out: str | Path | None = None, pipeline_run: bool = True) -> dict:
+    dev = torch.device(device)
+    ds = load(data)
+    res = {"device": _device_name(dev), "threads": torch.get_num_threads(), "data": ds.source, "versions": versions(),
+           "batch": 100, "model_only": model_only(ds.train_x, ds.train_y, dev, steps=steps, rounds=rounds)}
+    if pipeline_run:
+        res["pipeline"] = pipeline(data, dev, n=min(n, len(ds.train_y)), epochs=epochs)
+    res["table"] = table(res)
+    if out is not None:
+        out = Path(out)
+        atomic_write_bytes(out, lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
+        atomic_write_bytes(out.with_suffix(".md"), lambda f: f.write(res["table"].encode()))
+    return res
+
+
+def table(res: dict) -> str:
+    mo = res["model_only"]
+    base = mo["eager, PyTorch LRN"]["images_per_s"]
+    comp = mo["compiled"]["images_per_s"]
+    lines = [f"Training throughput, batch {res['batch']}, {res['device']} ({res['threads']} threads), "
+             f"data {res['data']}", "", "| what | images/s | vs eager (PyTorch LRN) | vs compiled model-only |",
+             "|---|---|---|---|"]
+    for name, r in mo.items():
+        lines.append(f"| model only, {name} | {r['images_per_s']:,.0f} | {r['images_per_s'] / base:.2f}x | "
+                     f"{r['images_per_s'] / comp:.2f} |")
+    if "pipeline" in res:
+        p = res["pipeline"]
+        lines.append(f"| full strategy-9 pipeline ({p['n']:,} images, epochs 2-{p['epochs']}, "
+                     f"{'compiled' if p['compile'] else 'eager'}) | {p['images_per_s']:,.0f} | "
+                     f"{p['images_per_s'] / base:.2f}x | {p['images_per_s'] / comp:.2f} |")
+        lines += ["", f"Pipeline: {p['data_seconds_per_epoch']:.3f} s of data work per epoch; the first epoch took "
+                      f"{p['first_epoch_seconds']:.1f} s ({p['first_epoch_data_seconds']:.1f} s of it building the "
+                      "blur/JPEG cache), compiler included."]
+    lines += ["", "Warm-up (compilation) per variant: " +
+              ", ".join(f"{k} {v['warmup_s']:.1f} s" for k, v in mo.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _one_process():
+    from .distributed import World
+
+    return World()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return versions()["processor"]
