@@ -22,10 +22,17 @@ def test_reproduce_writes_the_report_and_resumes(tiny, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "iqals-fast reproduce --data synthetic" in report and "synthetic-v1" in report
     assert "| 3 | MIX_blur + IQA-LS |" in report and "**blur**: mixing" in report
-    for f in ("table2.md", "table2.csv", "figure3.png", "figure4.png"):
+    for f in ("table2.md", "table2.csv", "figure3.png", "figure4.png", "corruptions.md", "corruptions.csv",
+              "calibration.md", "calibration.csv", "reliability.png", "figure4_ssim.png", "corruptions.png"):
         assert (out / f).stat().st_size > 100
+    for section in ("## Robustness at the CIFAR-10-C severities", "relative mCE", "## Calibration and confidence",
+                    "ρ pooled", "**blur** (IQA-LS minus 0-1 labels, per seed): ECE clean"):
+        assert section in report
     ev = json.loads((out / "runs" / "strategy2-seed0" / "eval.json").read_text())
-    assert ev["results"]["pristine"]["n"] == 100
+    assert ev["results"]["pristine"]["n"] == 100 and ev["corruptions"]["gaussian_blur-5"]["n"] == 100
+    # an eval.json of the first layout is re-evaluated (same accuracies), without retraining
+    ev1 = {k: v for k, v in ev.items() if k not in ("eval_version", "corruptions", "pooled")}
+    (out / "runs" / "strategy2-seed0" / "eval.json").write_text(json.dumps(ev1))
     # a second call finds every run finished: nothing is retrained, the table is identical
     before = (out / "table2.csv").read_text()
     mtime = (out / "runs" / "strategy1-seed0" / "checkpoint.pt").stat().st_mtime_ns
@@ -33,6 +40,7 @@ def test_reproduce_writes_the_report_and_resumes(tiny, tmp_path, capsys):
                  "--no-progress"]) == 0
     assert (out / "runs" / "strategy1-seed0" / "checkpoint.pt").stat().st_mtime_ns == mtime
     assert (out / "table2.csv").read_text() == before
+    assert json.loads((out / "runs" / "strategy2-seed0" / "eval.json").read_text())["corruptions"] == ev["corruptions"]
 
 
 def test_same_seed_reproduces_a_row_exactly(tiny, tmp_path):
