@@ -9,16 +9,19 @@ Public API (stable)::
     iq.distort_and_score(images, kind, level, *, seed=0, ids=None, backend="auto")
     iq.soft_labels(labels, scores, num_classes=10, transform="identity")
     iq.soft_label_mse(logits, labels, scores, transform="identity", backend="auto")
+    iq.iqa_measure(reference, distorted, measure), iq.iqa_quality(reference, distorted, measure)  # ops/iqa.py
 """
 
 from .config import LEVELS, STRATEGIES, Levels, Protocol, Strategy
 from .ops.api import distort, distort_and_score, ssim
 from .ops.dispatch import backends
+from .ops.iqa import IQA_MEASURES, iqa_measure, iqa_quality
 from .ops.labels import soft_label_mse, soft_labels
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IQA_MEASURES",
     "LEVELS",
     "STRATEGIES",
     "Levels",
@@ -27,6 +30,8 @@ __all__ = [
     "backends",
     "distort",
     "distort_and_score",
+    "iqa_measure",
+    "iqa_quality",
     "soft_label_mse",
     "soft_labels",
     "ssim",
