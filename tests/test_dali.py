@@ -138,11 +138,11 @@ def test_load_equals_plain_load_for_folders_and_archives(tmp_path, gen):
     root = make_tree(tmp_path / "d", gen)
     plain = sources.load(root, cache=False)
     for spec in (root, to_tar(root, tmp_path / "d.tar.gz")):
-        ds = dali.load(spec, batch_size=5)
+        ds = dali.load(spec, batch_size=5, device="cpu")
         for a in ("train_x", "train_y", "test_x", "test_y"):
             np.testing.assert_array_equal(getattr(ds, a), getattr(plain, a), err_msg=f"{spec}: {a}")
         assert ds.classes == plain.classes
-    assert dali.load(root).checksum == plain.checksum
+    assert dali.load(root, device="cpu").checksum == plain.checksum
 
 
 def test_real_archive_decodes_like_pil(tmp_path, real_images):
@@ -157,7 +157,7 @@ def test_real_archive_decodes_like_pil(tmp_path, real_images):
                 d = root / "test" / parts[-2]
                 d.mkdir(parents=True, exist_ok=True)
                 (d / parts[-1]).write_bytes(tar.extractfile(m).read())
-    x, y, classes, _ = dali.read_split(root, "test", batch_size=64)
+    x, y, classes, _ = dali.read_split(root, "test", batch_size=64, device="cpu")
     assert len(classes) == 10 and x.shape == (200, 32, 32, 3)
     # conftest orders them one per class in turn: image i of class c is row c * 20 + i here
     order = np.arange(200).reshape(10, 20).T.reshape(-1)
@@ -170,8 +170,9 @@ def test_shards_cover_the_set_exactly_once(tmp_path, gen, archive, shards, batch
     # 25 training images: no shard count divides them, so DALI's shard boundaries are pinned down
     root = make_tree(tmp_path / "d", gen, classes=("a", "b", "c", "d", "e"), n=(5, 1))
     spec = to_tar(root, tmp_path / "d.tar.gz") if archive else root
-    whole_x, whole_y, _, whole_files = dali.read_split(spec, "train")
-    parts = [dali.read_split(spec, "train", shard_id=k, num_shards=shards, batch_size=batch) for k in range(shards)]
+    whole_x, whole_y, _, whole_files = dali.read_split(spec, "train", device="cpu")
+    parts = [dali.read_split(spec, "train", shard_id=k, num_shards=shards, batch_size=batch, device="cpu")
+             for k in range(shards)]
     files = [f for p in parts for f in p[3]]
     assert sorted(files) == sorted(whole_files) and len(set(files)) == len(files) == 25
     assert [len(p[0]) for p in parts] == [25 * (k + 1) // shards - 25 * k // shards for k in range(shards)]
@@ -180,8 +181,8 @@ def test_shards_cover_the_set_exactly_once(tmp_path, gen, archive, shards, batch
 
 
 def test_in_memory_sources_shard_by_rows():
-    whole = dali.load("synthetic")
-    a, b = (dali.load("synthetic", shard_id=k, num_shards=2) for k in range(2))
+    whole = dali.load("synthetic", device="cpu")
+    a, b = (dali.load("synthetic", shard_id=k, num_shards=2, device="cpu") for k in range(2))
     np.testing.assert_array_equal(np.concatenate([a.train_x, b.train_x]), whole.train_x)
     np.testing.assert_array_equal(a.test_x, whole.test_x)  # the test set is not sharded
     assert len(a.train_y) == len(b.train_y) == len(whole.train_y) // 2
@@ -285,38 +286,38 @@ def test_bad_images_and_arguments(gen):
 
 def test_bad_folders_name_the_culprit(tmp_path, gen):
     with pytest.raises(DataError, match="nope not found"):
-        dali.read_split(tmp_path / "nope")
+        dali.read_split(tmp_path / "nope", device="cpu")
     (tmp_path / "x.tar.gz").write_bytes(b"garbage")
     with pytest.raises(DataError, match="not a tar archive"):
-        dali.read_split(tmp_path / "x.tar.gz")
+        dali.read_split(tmp_path / "x.tar.gz", device="cpu")
     root = make_tree(tmp_path / "d", gen)
     shutil.rmtree(root / "test")
     with pytest.raises(DataError, match=r"missing split folder 'test/'"):
-        dali.read_split(root, "test")
+        dali.read_split(root, "test", device="cpu")
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
-        dali.read_split(root, "val")
+        dali.read_split(root, "val", device="cpu")
     with pytest.raises(ValueError, match=r"shard_id must be an integer in \[0, 2\)"):
-        dali.read_split(root, shard_id=2, num_shards=2)
+        dali.read_split(root, shard_id=2, num_shards=2, device="cpu")
     with pytest.raises(ValueError, match="num_shards must be an integer >= 1"):
-        dali.read_split(root, num_shards=0)
+        dali.read_split(root, num_shards=0, device="cpu")
     for f in (root / "train" / "dog").iterdir():
         f.unlink()
     with pytest.raises(DataError, match=r"class folder train/dog/ is empty"):
-        dali.read_split(root)
+        dali.read_split(root, device="cpu")
 
 
 def test_corrupt_and_mixed_size_images_are_named(tmp_path, gen):
     root = make_tree(tmp_path / "d", gen)
     (root / "train" / "dog" / "bad.jpg").write_bytes(b"not an image at all")
     with pytest.raises(DataError, match=r"could not read or decode train/"):
-        dali.read_split(root)
+        dali.read_split(root, device="cpu")
     (root / "train" / "dog" / "bad.jpg").unlink()
     (root / "train" / "emu" / "big.png").write_bytes(_png_bytes(gen(1, 40, 40)[0]))
     with pytest.raises(DataError, match=r"images of train/ differ in size"):
-        dali.read_split(root, batch_size=64)
+        dali.read_split(root, batch_size=64, device="cpu")
     arc = to_tar(root, tmp_path / "mixed.tar.gz")
     with pytest.raises(DataError, match=r"differ in size"):
-        dali.read_split(arc, batch_size=4)
+        dali.read_split(arc, batch_size=4, device="cpu")
 
 
 # ----------------------------------------------------------------------------------------------

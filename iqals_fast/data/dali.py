@@ -126,10 +126,12 @@ def _run(graph, feeds: dict[str, list], n_iter: int, batch_size: int, num_thread
     pipe.build()
     for name, batches in feeds.items():
         for b in batches:
-            pipe.feed_input(name, b)
+            # CUDA input: DALI copies it on torch's current stream, after the kernels that wrote it
+            kw = {"cuda_stream": torch.cuda.current_stream(b.device)} if isinstance(b, torch.Tensor) and b.is_cuda else {}
+            pipe.feed_input(name, b, **kw)
     try:
         for _ in range(n_iter):
-            yield pipe.run()
+            yield pipe.run()  # host-synchronous outputs: safe to copy on any stream
     finally:
         del pipe
 
@@ -274,7 +276,8 @@ def read_split(path, split: str = "train", *, shard_id: int = 0, num_shards: int
     """Decode one split of a class-folder tree (``path/split/<class>/<image>``) or of a ``.tar`` /
     ``.tar.gz`` of one, with DALI. Returns ``(images, labels, classes, files)`` for this rank's
     shard: images uint8 n x H x W x 3 (numpy on the CPU, a CUDA torch tensor when decoding on a
-    GPU), labels int64 (index into the sorted class names), files the sources in order.
+    GPU; ``device`` defaults to the GPU where CUDA is available), labels int64 (index into the
+    sorted class names), files the sources in order.
 
     Folders go through ``fn.readers.file(files=..., labels=..., shard_id, num_shards)``; archive
     members are read here and fed as encoded bytes through ``fn.external_source``. Both decode with
@@ -289,7 +292,7 @@ def read_split(path, split: str = "train", *, shard_id: int = 0, num_shards: int
         raise DataError(f"{root} not found: give a directory or .tar/.tar.gz of train/ and test/ class folders")
     if root.is_file() and not tarfile.is_tarfile(root):
         raise DataError(f"{root} is not a tar archive (expected .tar or .tar.gz of class folders)")
-    dev = "gpu" if _device(device, torch.device("cpu")) == "gpu" else "cpu"
+    dev = _device(device, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     batch_size, num_threads = _check_batch(batch_size), _threads(num_threads)
     if root.is_dir():
         classes, files, labels = _folder_listing(root, split)
