@@ -331,7 +331,11 @@ def test_corrupt_and_mixed_size_images_are_named(tmp_path, gen):
 # OpenCV/libjpeg reference -- and PSNR to PIL at least 30 dB, what a mean absolute error of 5
 # implies for Laplacian-distributed errors (RMSE ~ sqrt(2) * 5 = 7.1, 31 dB), rounded down. To rule
 # out a kernel that just passes images through, the GPU result must also lie closer to PIL's JPEG
-# than the input does. Not yet observed on hardware: the first GPU run should record the numbers.
+# than the input does. SSIM scores of GPU-JPEG images: each level's mean within 0.025 of PIL's
+# (reason at the test). GPU decoding (nvJPEG, fancy upsampling on) against PIL: mean absolute
+# difference under 1 level and PSNR >= 40 dB (RMSE <= 2.6), since only the IDCT's rounding
+# differs. None of these has yet been observed on hardware (no GPU in the session that wrote
+# them): the first GPU run should record the measured values next to the bounds.
 
 GPU_MAD, GPU_PSNR = 5.0, 30.0
 
@@ -359,24 +363,37 @@ def test_gpu_jpeg_close_to_pil_on_real_images(real_images):
 
 
 @needs_cuda
-def test_gpu_epoch_data_stays_on_device_and_agrees(gen):
-    x = gen(200, 32, 32, seed=4)
-    xc = torch.from_numpy(x).cuda()
+@pytest.mark.parametrize("jpeg_device", ["cpu", "gpu"])
+def test_gpu_epoch_data_stays_on_device_and_agrees(gen, jpeg_device):
+    x = gen(300, 32, 32, seed=4)
     plan = epoch_plan(len(x), KINDS, seed=1, epoch=2)
-    want_x, want_s = epoch_data(DistortionCache(xc), plan)  # the plain path on the GPU (PIL JPEG)
-    # CPU JPEG (libjpeg) from GPU-resident images: the same bytes as the plain path
-    ex_x, ex_s = dali.dali_epoch_data(dali.DaliDistortionCache(xc, jpeg_device="cpu"), plan)
-    assert ex_x.is_cuda and ex_s.is_cuda
-    assert torch.equal(ex_x, want_x) and torch.equal(ex_s, want_s)
-    # GPU JPEG: same images chosen, same levels; blur/noise bit for bit, JPEG within tolerance
-    got_x, got_s = dali.dali_epoch_data(dali.DaliDistortionCache(xc), plan)
-    assert got_x.is_cuda and got_s.is_cuda
-    jp = torch.from_numpy(plan.kind == KINDS.index("jpeg")).cuda()
-    assert torch.equal(got_x[~jp], want_x[~jp]) and torch.equal(got_s[~jp], want_s[~jp])
-    a, b = got_x[jp].cpu().numpy(), want_x[jp].cpu().numpy()
-    assert np.abs(a.astype(np.float64) - b).mean() < GPU_MAD and psnr(a, b) >= GPU_PSNR
-    # scores: the same tolerance carried through SSIM, checked loosely per image
-    assert (got_s[jp] - want_s[jp]).abs().mean().item() < 0.02
+    want_x, want_s = epoch_data(DistortionCache(x), plan)  # the plain path (CPU kernels, PIL JPEG)
+    got_x, got_s = dali.dali_epoch_data(dali.DaliDistortionCache(torch.from_numpy(x).cuda(),
+                                                                 jpeg_device=jpeg_device), plan)
+    assert got_x.is_cuda and got_s.is_cuda  # no trip through the host
+    gx, gs = got_x.cpu().numpy(), got_s.cpu().numpy()
+    pristine, jp = plan.level == 0, plan.kind == KINDS.index("jpeg")
+    np.testing.assert_array_equal(gx[pristine], x[pristine])  # the same images chosen
+    assert (gs[pristine] == 1).all() and (gs[~pristine] < 1).all()
+    # blur / noise: Triton vs the C++ kernel, which agree to one level and 1e-4 in SSIM (README)
+    bn = ~pristine & ~jp
+    assert np.abs(gx[bn].astype(int) - want_x[bn]).max() <= 1
+    np.testing.assert_allclose(gs[bn], want_s[bn], atol=1e-4, rtol=0)
+    if jpeg_device == "cpu":  # libjpeg on the CPU: the same bytes; SSIM on the GPU
+        np.testing.assert_array_equal(gx[jp], want_x[jp])
+        np.testing.assert_allclose(gs[jp], want_s[jp], atol=1e-4, rtol=0)
+    else:
+        a, b = gx[jp], want_x[jp]
+        assert np.abs(a.astype(np.float64) - b).mean() < GPU_MAD and psnr(a, b) >= GPU_PSNR
+        # scores: each level's mean SSIM within 0.025 of PIL's -- under half the smallest gap
+        # between the levels' means (0.81 / 0.76 / 0.63 at q = 12 / 8 / 4 on real CIFAR-10
+        # images), so the labels still tell the levels apart in the same order
+        means = []
+        for lvl in (1, 2, 3):
+            m = jp & (plan.level == lvl)
+            assert abs(gs[m].mean() - want_s[m].mean()) < 0.025, f"level {lvl}"
+            means.append(gs[m].mean())
+        assert means[0] > means[1] > means[2]
 
 
 @needs_cuda
