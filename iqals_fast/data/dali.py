@@ -25,7 +25,6 @@ functions raise :class:`DaliUnavailable` and the plain path (``data/sources.py``
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tarfile
 import weakref
@@ -51,8 +50,6 @@ class DaliUnavailable(ImportError):
 
 def available() -> bool:
     """Whether ``nvidia.dali`` can be imported."""
-    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
-        return False
     try:
         _dali()
     except DaliUnavailable:
