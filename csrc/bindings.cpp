@@ -252,13 +252,14 @@ py::array_t<float> ssim(const py::object& reference, const py::object& distorted
     return scores;
 }
 
-// float32, N x C x H x W, C-contiguous (NCHW), as a torch tensor's .numpy() view gives it.
+// float32, 4-D, C-contiguous: N x C x H x W, or N x H x W x C for channels_last (a channels_last
+// tensor's .permute(0, 2, 3, 1).numpy() view).
 py::array check_nchw(const py::object& o, const char* name) {
     py::array a = as_ndarray(o, name);
     if (a.dtype().kind() != 'f' || a.dtype().itemsize() != 4) {
         throw py::type_error(std::string(name) + " must have dtype float32, got " + dtype_of(a));
     }
-    if (a.ndim() != 4) throw py::value_error(std::string(name) + " must have shape N x C x H x W, got " + shape_of(a));
+    if (a.ndim() != 4) throw py::value_error(std::string(name) + " must be 4-D (N x C x H x W, or N x H x W x C), got " + shape_of(a));
     if (!(a.flags() & py::array::c_style)) {
         throw py::value_error(std::string(name) + " must be C-contiguous (NCHW; call .contiguous() first)");
     }
@@ -278,26 +279,37 @@ iqals::Lrn lrn_params(const py::object& radius, const py::object& bias, const py
     return p;
 }
 
+// (n, c, plane) of an NCHW array, or of an NHWC one (channels_last: N x H x W x C).
+struct LrnShape {
+    int64_t n, c, plane;
+};
+
+LrnShape lrn_shape(const py::array& a, bool channels_last) {
+    if (channels_last) return {a.shape(0), a.shape(3), a.shape(1) * a.shape(2)};
+    return {a.shape(0), a.shape(1), a.shape(2) * a.shape(3)};
+}
+
 py::array_t<float> lrn_forward(const py::object& x_arg, const py::object& radius, const py::object& bias,
-                               const py::object& alpha, const py::object& beta, const py::object& threads_arg,
-                               const std::string& isa) {
+                               const py::object& alpha, const py::object& beta, bool channels_last,
+                               const py::object& threads_arg, const std::string& isa) {
     const iqals::Kernels& k = kernels(isa);
     const py::array x = check_nchw(x_arg, "x");
     const iqals::Lrn p = lrn_params(radius, bias, alpha, beta);
     const int threads = check_threads(threads_arg);
+    const LrnShape sh = lrn_shape(x, channels_last);
     py::array_t<float> y({x.shape(0), x.shape(1), x.shape(2), x.shape(3)});
     const float* xp = static_cast<const float*>(x.data());
     float* yp = y.mutable_data();
     {
         py::gil_scoped_release release;
-        k.lrn_forward(xp, x.shape(0), x.shape(1), x.shape(2) * x.shape(3), p, yp, threads);
+        k.lrn_forward(xp, sh.n, sh.c, sh.plane, p, yp, threads, channels_last);
     }
     return y;
 }
 
 py::array_t<float> lrn_backward(const py::object& x_arg, const py::object& dy_arg, const py::object& radius,
                                 const py::object& bias, const py::object& alpha, const py::object& beta,
-                                const py::object& threads_arg, const std::string& isa) {
+                                bool channels_last, const py::object& threads_arg, const std::string& isa) {
     const iqals::Kernels& k = kernels(isa);
     const py::array x = check_nchw(x_arg, "x");
     const py::array dy = check_nchw(dy_arg, "dy");
@@ -308,13 +320,14 @@ py::array_t<float> lrn_backward(const py::object& x_arg, const py::object& dy_ar
     }
     const iqals::Lrn p = lrn_params(radius, bias, alpha, beta);
     const int threads = check_threads(threads_arg);
+    const LrnShape sh = lrn_shape(x, channels_last);
     py::array_t<float> dx({x.shape(0), x.shape(1), x.shape(2), x.shape(3)});
     const float* xp = static_cast<const float*>(x.data());
     const float* dyp = static_cast<const float*>(dy.data());
     float* dxp = dx.mutable_data();
     {
         py::gil_scoped_release release;
-        k.lrn_backward(xp, dyp, x.shape(0), x.shape(1), x.shape(2) * x.shape(3), p, dxp, threads);
+        k.lrn_backward(xp, dyp, sh.n, sh.c, sh.plane, p, dxp, threads, channels_last);
     }
     return dx;
 }
@@ -358,11 +371,13 @@ PYBIND11_MODULE(_C, m) {
           py::arg("c2"), py::arg("threads") = 0, py::arg("isa") = "best",
           "Per-image SSIM (float32 (N,)) of C-contiguous uint8 N x H x W x 3 images, H, W >= len(taps).");
     m.def("lrn_forward", &lrn_forward, py::arg("x"), py::kw_only(), py::arg("radius"), py::arg("bias"),
-          py::arg("alpha"), py::arg("beta"), py::arg("threads") = 0, py::arg("isa") = "best",
-          "TensorFlow's LRN across channels of C-contiguous float32 N x C x H x W:\n"
-          "y = x / (bias + alpha * sum_{|j-c|<=radius} x_j^2) ** beta.");
+          py::arg("alpha"), py::arg("beta"), py::arg("channels_last") = false, py::arg("threads") = 0,
+          py::arg("isa") = "best",
+          "TensorFlow's LRN across channels of C-contiguous float32 N x C x H x W (N x H x W x C with\n"
+          "channels_last): y = x / (bias + alpha * sum_{|j-c|<=radius} x_j^2) ** beta.");
     m.def("lrn_backward", &lrn_backward, py::arg("x"), py::arg("dy"), py::kw_only(), py::arg("radius"),
-          py::arg("bias"), py::arg("alpha"), py::arg("beta"), py::arg("threads") = 0, py::arg("isa") = "best",
+          py::arg("bias"), py::arg("alpha"), py::arg("beta"), py::arg("channels_last") = false,
+          py::arg("threads") = 0, py::arg("isa") = "best",
           "The gradient of lrn_forward with respect to x, for upstream gradient dy (same shape as x).");
     m.def("philox", &philox, py::arg("counters"), py::arg("id"), py::arg("seed"), py::arg("isa") = "best",
           "Test hook: words 0 and 1 of Philox4x32-10 of counters (c, 0, 0, 0), key (id, seed).");

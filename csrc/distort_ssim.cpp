@@ -313,9 +313,10 @@ void normals(uint32_t first, int64_t count, uint32_t id, uint32_t seed, float* z
 }  // namespace
 
 // csrc/lrn.cpp, compiled for the same instruction set.
-void lrn_forward(const float* x, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, float* y, int threads);
+void lrn_forward(const float* x, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, float* y, int threads,
+                 bool channels_last);
 void lrn_backward(const float* x, const float* dy, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, float* dx,
-                  int threads);
+                  int threads, bool channels_last);
 
 #define IQALS_STR2(x) #x
 #define IQALS_STR(x) IQALS_STR2(x)

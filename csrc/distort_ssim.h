@@ -61,11 +61,12 @@ struct Kernels {
     void (*ssim)(const uint8_t* x, const uint8_t* y, int64_t n, int h, int w, const SSIMWindow& window,
                  float* scores, int threads);
 
-    // LRN of float32 N x C x P (NCHW contiguous, P = H * W) and its gradient dx for upstream dy
-    // (csrc/lrn.cpp). The backward recomputes the window sums from x instead of storing them.
-    void (*lrn_forward)(const float* x, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, float* y, int threads);
+    // LRN of float32 N x C x P (P = H * W; NCHW contiguous, or NHWC with channels_last) and its
+    // gradient dx for upstream dy (csrc/lrn.cpp). The backward recomputes the window sums from x.
+    void (*lrn_forward)(const float* x, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, float* y, int threads,
+                        bool channels_last);
     void (*lrn_backward)(const float* x, const float* dy, int64_t n, int64_t c, int64_t plane, const Lrn& lrn,
-                         float* dx, int threads);
+                         float* dx, int threads, bool channels_last);
 
     // Test hooks on the noise scheme: Philox words of arbitrary counters, and the normals of
     // `count` consecutive offsets starting at `first`, for one (id, seed).

@@ -5,9 +5,11 @@
 //   y_c = x_c * s_c^-beta
 //   dx_j = dy_j * s_j^-beta - 2 alpha beta x_j * sum_{|c - j| <= r} dy_c y_c / s_c
 //
-// x, y, dy, dx are float32 N x C x P (P = H * W, NCHW contiguous). Work is split into (image,
-// block of positions) tasks; each output element is computed by one thread in a fixed order, so the
-// bits do not depend on the thread count. Every sum runs over j in increasing order.
+// x, y, dy, dx are float32 N x C x P (P = H * W, NCHW contiguous) or, channels last, (N P) x C (NHWC
+// contiguous). Work is split into (image, block of positions) or (block of pixels) tasks; each output
+// element is computed by one thread in a fixed order, so the bits do not depend on the thread count.
+// Every sum runs over j in increasing order, in both layouts (NHWC adds exact zeros for the channels
+// beyond the edges first, which changes no bit), so both layouts give the same bits too.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -70,10 +72,73 @@ void for_blocks(int64_t n_images, int64_t c_count, int64_t plane, int threads, B
     }
 }
 
+// -- channels last: one pixel's C channels are contiguous ------------------------------------------
+
+// For one pixel: s_c and s_c^-beta from its channels x[0..C), via zero-padded squares (C + 2r).
+inline void pixel_scales(const float* x, int64_t c_count, const Lrn& lrn, float* sqpad, float* s, float* pw) {
+    const int64_t r = lrn.radius;
+    float* sq = sqpad + r;
+    for (int64_t c = 0; c < c_count; ++c) sq[c] = x[c] * x[c];
+    for (int64_t c = 0; c < c_count; ++c) s[c] = 0.0f;
+    for (int64_t d = 0; d <= 2 * r; ++d) {
+        const float* q = sqpad + d;
+        for (int64_t c = 0; c < c_count; ++c) s[c] += q[c];
+    }
+    for (int64_t c = 0; c < c_count; ++c) s[c] = lrn.bias + lrn.alpha * s[c];
+    neg_pow(s, pw, int(c_count), lrn.beta);
+}
+
+template <class Body>
+void for_pixels(int64_t pixels, int64_t c_count, int64_t radius, int threads, Body body) {
+    const int64_t tasks = (pixels + kBlock - 1) / kBlock;
+#pragma omp parallel num_threads(thread_count(threads))
+    {
+        const int64_t padded = c_count + 2 * radius;
+        std::vector<float> scratch(size_t(2 * padded + 3 * c_count), 0.0f);  // the pads stay zero
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t end = std::min<int64_t>(pixels, (t + 1) * kBlock);
+            for (int64_t q = t * kBlock; q < end; ++q) body(q, scratch.data(), padded);
+        }
+    }
+}
+
+void lrn_forward_nhwc(const float* x, int64_t pixels, int64_t c_count, const Lrn& lrn, float* y, int threads) {
+    for_pixels(pixels, c_count, lrn.radius, threads, [&](int64_t q, float* scratch, int64_t padded) {
+        float *sqpad = scratch, *s = scratch + 2 * padded, *pw = s + c_count;
+        const float* xq = x + q * c_count;
+        pixel_scales(xq, c_count, lrn, sqpad, s, pw);
+        float* yq = y + q * c_count;
+        for (int64_t c = 0; c < c_count; ++c) yq[c] = xq[c] * pw[c];
+    });
+}
+
+void lrn_backward_nhwc(const float* x, const float* dy, int64_t pixels, int64_t c_count, const Lrn& lrn, float* dx,
+                       int threads) {
+    const float k = 2.0f * lrn.alpha * lrn.beta;
+    const int64_t r = lrn.radius;
+    for_pixels(pixels, c_count, lrn.radius, threads, [&](int64_t q, float* scratch, int64_t padded) {
+        float *sqpad = scratch, *tpad = scratch + padded, *s = scratch + 2 * padded, *pw = s + c_count,
+              *acc = pw + c_count;
+        const float *xq = x + q * c_count, *dyq = dy + q * c_count;
+        pixel_scales(xq, c_count, lrn, sqpad, s, pw);
+        float* t = tpad + r;
+        for (int64_t c = 0; c < c_count; ++c) t[c] = dyq[c] * (xq[c] * pw[c]) / s[c];
+        for (int64_t c = 0; c < c_count; ++c) acc[c] = 0.0f;
+        for (int64_t d = 0; d <= 2 * r; ++d) {
+            const float* u = tpad + d;
+            for (int64_t c = 0; c < c_count; ++c) acc[c] += u[c];
+        }
+        float* dxq = dx + q * c_count;
+        for (int64_t c = 0; c < c_count; ++c) dxq[c] = dyq[c] * pw[c] - k * xq[c] * acc[c];
+    });
+}
+
 }  // namespace
 
 void lrn_forward(const float* x, int64_t n_images, int64_t c_count, int64_t plane, const Lrn& lrn, float* y,
-                 int threads) {
+                 int threads, bool channels_last) {
+    if (channels_last) return lrn_forward_nhwc(x, n_images * plane, c_count, lrn, y, threads);
     const int64_t image = c_count * plane;
     for_blocks(n_images, c_count, plane, threads, [&](int64_t i, int64_t p0, int n, float* scratch) {
         float *sq = scratch, *s = sq + c_count * kBlock, *pw = s + c_count * kBlock;
@@ -89,7 +154,8 @@ void lrn_forward(const float* x, int64_t n_images, int64_t c_count, int64_t plan
 }
 
 void lrn_backward(const float* x, const float* dy, int64_t n_images, int64_t c_count, int64_t plane, const Lrn& lrn,
-                  float* dx, int threads) {
+                  float* dx, int threads, bool channels_last) {
+    if (channels_last) return lrn_backward_nhwc(x, dy, n_images * plane, c_count, lrn, dx, threads);
     const int64_t image = c_count * plane;
     const float k = 2.0f * lrn.alpha * lrn.beta;
     for_blocks(n_images, c_count, plane, threads, [&](int64_t i, int64_t p0, int n, float* scratch) {

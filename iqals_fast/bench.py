@@ -3,10 +3,12 @@
 Model-only rows time the SGD step alone on a fixed batch of uint8 images (standardise, forward, Eq. 1
 loss, backward, update), exactly as ``train`` builds it (``train.make_step``):
 
-- ``eager, PyTorch LRN``: the network as PyTorch composes it (``F.local_response_norm``), eager;
-- ``eager``: the dispatched LRN (the C++ kernels on CPU), eager;
-- ``compiled``: the same under ``torch.compile`` (CUDA graphs on GPU);
-- on CUDA also ``compiled, channels_last + bf16``.
+- ``eager, PyTorch LRN``: the network as PyTorch composes it (``F.local_response_norm``), eager,
+  NCHW: the baseline;
+- ``eager`` / ``compiled`` (``torch.compile``; CUDA graphs on GPU), each NCHW and channels_last,
+  with the dispatched LRN (the C++ kernels on CPU, PyTorch's composite on CUDA);
+- on CUDA also ``compiled, channels_last + bf16``;
+- ``train's default``: what ``iqals-fast train`` uses on this device (``TrainConfig.speed``).
 
 The pipeline row runs the real ``train()`` of strategy 9 (data, mixture, distortions, SSIM scores,
 soft labels, steps, the checkpoint of every epoch) for a few epochs and reports the median of the
@@ -32,13 +34,20 @@ from .model import PaperCNN
 from .ops import dispatch
 from .train import TrainConfig, make_optimizer, make_step, train, versions
 
+DEFAULT = "train's default"
+
 
 def _variants(device: torch.device) -> list[tuple[str, str, TrainConfig]]:
-    base = TrainConfig(device=str(device))
-    out = [("eager, PyTorch LRN", "torch", base), ("eager", "auto", base),
-           ("compiled", "auto", replace(base, compile=True))]
+    """(row name, LRN backend, config). The first is the baseline: eager PyTorch, NCHW."""
+    base = TrainConfig(device=str(device), compile=False, channels_last=False)
+    out = [("eager, PyTorch LRN", "torch", base), ("eager, dispatched LRN", "auto", base),
+           ("eager, dispatched LRN, channels_last", "auto", replace(base, channels_last=True)),
+           ("compiled, dispatched LRN", "auto", replace(base, compile=True)),
+           ("compiled, dispatched LRN, channels_last", "auto", replace(base, compile=True, channels_last=True))]
     if device.type == "cuda":
         out.append(("compiled, channels_last + bf16", "auto", replace(base, compile=True, channels_last=True, bf16=True)))
+    compile_, cl = TrainConfig().speed(device)
+    out.append((DEFAULT, "auto", replace(base, compile=compile_, channels_last=cl)))
     return out
 
 
@@ -52,7 +61,7 @@ def model_only(images: np.ndarray, labels: np.ndarray, device: torch.device, *, 
     steps_of = {}
     for name, lrn_backend, cfg in _variants(device):
         model = PaperCNN(seed=0, lrn_backend=lrn_backend)
-        if cfg.channels_last:
+        if cfg.speed(device)[1]:
             model = model.to(memory_format=torch.channels_last)
         model = model.to(device)
         opt = make_optimizer(model, 0.01, 0.004)
@@ -75,19 +84,19 @@ def model_only(images: np.ndarray, labels: np.ndarray, device: torch.device, *, 
                    "rounds_images_per_s": [len(y) * steps / t for t in ts]} for name, ts in times.items()}
 
 
-def pipeline(data: str, device: torch.device, *, n: int, epochs: int, compile: bool = True,
-             loader: str = "plain") -> dict:
+def pipeline(data: str, device: torch.device, *, n: int, epochs: int, loader: str = "plain") -> dict:
     """Strategy 9 trained for real on n images: images/s per epoch (data + distortions + scores + steps)."""
     ds = load(data)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(strategy=9, data=data, epochs=epochs, train_subset=n, device=str(device), compile=compile,
-                          lr_step_epochs=epochs, out=str(Path(tmp) / "run"))
+        cfg = TrainConfig(strategy=9, data=data, epochs=epochs, train_subset=n, device=str(device),
+                          lr_step_epochs=epochs, out=str(Path(tmp) / "run"))  # train's default speed settings
         if loader != "plain":
             cfg = replace(cfg, loader=loader)
         run = train(cfg, dataset=ds, progress=False)
         hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     later = hist[1:] or hist
-    return {"n": n, "epochs": epochs, "compile": compile, "loader": loader,
+    compile_, cl = cfg.speed(device)
+    return {"n": n, "epochs": epochs, "compile": compile_, "channels_last": cl, "loader": loader,
             "images_per_s": statistics.median(h["images_per_s"] for h in later),
             "data_seconds_per_epoch": statistics.median(h["data_seconds"] for h in later),
             "first_epoch_seconds": hist[0]["seconds"], "first_epoch_data_seconds": hist[0]["data_seconds"],
@@ -113,18 +122,18 @@ def run_bench(data: str = "synthetic", device: str = "cpu", *, n: int = 5000, ep
 def table(res: dict) -> str:
     mo = res["model_only"]
     base = mo["eager, PyTorch LRN"]["images_per_s"]
-    comp = mo["compiled"]["images_per_s"]
+    default = mo[DEFAULT]["images_per_s"]
     lines = [f"Training throughput, batch {res['batch']}, {res['device']} ({res['threads']} threads), "
-             f"data {res['data']}", "", "| what | images/s | vs eager (PyTorch LRN) | vs compiled model-only |",
+             f"data {res['data']}", "", f"| what | images/s | vs eager (PyTorch LRN) | vs model only, {DEFAULT} |",
              "|---|---|---|---|"]
     for name, r in mo.items():
         lines.append(f"| model only, {name} | {r['images_per_s']:,.0f} | {r['images_per_s'] / base:.2f}x | "
-                     f"{r['images_per_s'] / comp:.2f} |")
+                     f"{r['images_per_s'] / default:.2f} |")
     if "pipeline" in res:
         p = res["pipeline"]
         lines.append(f"| full strategy-9 pipeline ({p['n']:,} images, epochs 2-{p['epochs']}, "
-                     f"{'compiled' if p['compile'] else 'eager'}) | {p['images_per_s']:,.0f} | "
-                     f"{p['images_per_s'] / base:.2f}x | {p['images_per_s'] / comp:.2f} |")
+                     f"{'compiled' if p['compile'] else 'eager'}{', channels_last' if p['channels_last'] else ''}) | "
+                     f"{p['images_per_s']:,.0f} | {p['images_per_s'] / base:.2f}x | {p['images_per_s'] / default:.2f} |")
         lines += ["", f"Pipeline: {p['data_seconds_per_epoch']:.3f} s of data work per epoch; the first epoch took "
                       f"{p['first_epoch_seconds']:.1f} s ({p['first_epoch_data_seconds']:.1f} s of it building the "
                       "blur/JPEG cache), compiler included."]

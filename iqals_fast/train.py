@@ -53,14 +53,32 @@ class TrainConfig:
     out: str | None = None
     iqa: str = "ssim"  # the IQA measure behind IQA-LS's scores: ssim | ms-ssim-small | gmsd | psnr (ops/iqa.py)
     # How fast, not what: these change float rounding at most, so a run may be resumed with others.
-    compile: bool = False  # torch.compile the step (CUDA graphs on GPU); the CLI turns it on by default
-    channels_last: bool = False
+    # None = the measured default for the device (``speed``; bench/results/train-*.md has the numbers).
+    compile: bool | None = None  # torch.compile the step (CUDA graphs on GPU)
+    channels_last: bool | None = None
     bf16: bool = False  # bf16 autocast of the CNN on CUDA (the loss stays float32)
+    loader: str = "plain"  # plain | dali: who makes the JPEG copies (the same bytes either way)
+
+    def speed(self, device: torch.device) -> tuple[bool, bool]:
+        """(compile, channels_last) for ``device``. On CPU: eager and channels_last. With the C++ LRN the
+        eager step is faster than the compiled one (inductor's generated max-pool and ReLU backward
+        loops cost more than the fusions save), and channels_last makes PyTorch's max-pool about 5x
+        faster. On CUDA: compiled with CUDA graphs (a batch of 100 is launch-bound), NCHW."""
+        cuda = torch.device(device).type == "cuda"
+        return (cuda if self.compile is None else self.compile,
+                (not cuda) if self.channels_last is None else self.channels_last)
 
     def validate(self) -> None:
         get_strategy(self.strategy)
         parse_transform(self.transform)
         check_measure(self.iqa)
+        if self.loader not in ("plain", "dali"):
+            raise ValueError(f"--loader must be 'plain' or 'dali', got {self.loader!r}")
+        if self.loader == "dali":
+            from .data import dali
+
+            if not dali.available():
+                raise ValueError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda120 (Linux x86-64)")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not 0 <= self.seed < 2**32:
@@ -109,11 +127,24 @@ def load_run_config(run: Path) -> dict:
     return json.loads(p.read_text())
 
 
+def make_cache(images: np.ndarray, cfg: TrainConfig, device: torch.device):
+    """The per-dataset distortion cache of ``cfg.loader``: ``plain`` (data/mixture.py: PIL JPEG) or
+    ``dali`` (data/dali.py: DALI's JPEG, on the GPU's copy of the images on CUDA). Both give the same
+    images and scores: DALI's CPU JPEG is libjpeg's, bit for bit, and it is used on GPUs too (the
+    copies are made once per dataset), since DALI's GPU encoder is not libjpeg."""
+    if cfg.loader == "plain":
+        return DistortionCache(images, backend=cfg.backend, iqa=cfg.iqa)
+    from .data.dali import DaliDistortionCache
+
+    on = torch.from_numpy(images).to(device) if device.type == "cuda" else images
+    return DaliDistortionCache(on, backend=cfg.backend, iqa=cfg.iqa, jpeg_device="cpu")
+
+
 def make_forward(net: torch.nn.Module, loss_fn, cfg: TrainConfig, device: torch.device):
     """``forward(x_u8, labels, on_true) -> (loss, number correct)``: standardise, CNN, Eq. 1 loss.
     What ``torch.compile`` compiles (one graph: tests/test_train.py checks that nothing breaks it)."""
     bf16 = cfg.bf16 and device.type == "cuda"
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if cfg.speed(device)[1] else torch.contiguous_format
 
     def forward(x_u8, labels, on_true):
         x = standardize(x_u8).contiguous(memory_format=fmt)
@@ -130,7 +161,7 @@ def make_step(model: PaperCNN, opt: torch.optim.Optimizer, loss_fn, cfg: TrainCo
     """One SGD step on a batch of uint8 images: forward (make_forward), backward, update.
 
     Returns ``step(x_u8, labels, on_true) -> (loss, number correct)``, both detached. With
-    ``cfg.compile`` the forward and loss are one ``torch.compile`` graph (AOTAutograd compiles the
+    compilation (``cfg.speed``) the forward and loss are one ``torch.compile`` graph (AOTAutograd compiles the
     backward too; the fused loss and the LRN kernels are custom ops inside it, not graph breaks); on
     CUDA the graph is replayed as a CUDA graph ("reduce-overhead"), since a batch of 100 is launch-bound.
     """
@@ -140,8 +171,9 @@ def make_step(model: PaperCNN, opt: torch.optim.Optimizer, loss_fn, cfg: TrainCo
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = make_forward(net, loss_fn, cfg, device)
-    cudagraphs = cfg.compile and device.type == "cuda"
-    if cfg.compile:
+    compiled = cfg.speed(device)[0]
+    cudagraphs = compiled and device.type == "cuda"
+    if compiled:
         forward = torch.compile(forward, mode="reduce-overhead" if cudagraphs else None, dynamic=False)
 
     def step(x_u8, labels, on_true):
@@ -174,7 +206,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
 
     ds = (dataset if dataset is not None else load(cfg.data)).subset(cfg.train_subset, cfg.seed)
     model = PaperCNN(ds.num_classes, ds.train_x.shape[1], seed=cfg.seed)
-    if cfg.channels_last:
+    if cfg.speed(device)[1]:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device)
     opt = make_optimizer(model, protocol.lr, protocol.weight_decay)
@@ -197,7 +229,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
 
     # Checked once here, not every step: the dispatched loss itself runs on device without host syncs.
     _, loss_fn = dispatch.resolve("soft_label_mse", cfg.backend, device)
-    cache = DistortionCache(ds.train_x, backend=cfg.backend, iqa=cfg.iqa)
+    cache = make_cache(ds.train_x, cfg, device)
     n = len(ds.train_y)
     local_batch = cfg.batch_size // w.size
     steps = -(-n // cfg.batch_size)
@@ -216,11 +248,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
             # Step b's batch is order[b*B:(b+1)*B]; this rank takes every size-th image of it, i.e.
             # positions p of the order with p % size == rank (B is a multiple of size).
             mine = order[w.rank::w.size]
-            x_np, s_np = epoch_data(cache, plan, mine)
+            x, s = epoch_data(cache, plan, mine)  # numpy, or tensors on the device (DALI on a GPU)
+            s_np = np.asarray(s.cpu() if isinstance(s, torch.Tensor) else s)  # N floats, once per epoch
             _check_scores(s_np, epoch)
-            x = torch.from_numpy(x_np).to(device)
+            x = torch.as_tensor(x, device=device)
             labels = torch.from_numpy(ds.train_y[mine]).to(device)
-            scores = torch.from_numpy(s_np if strategy.iqa_ls else np.ones_like(s_np)).to(device)
+            scores = torch.as_tensor(s, device=device) if strategy.iqa_ls else torch.ones(len(mine), device=device)
             on_true = apply_transform(scores, cfg.transform, ds.num_classes)
             t_data = time.perf_counter() - t0
             model.train()

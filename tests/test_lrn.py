@@ -62,6 +62,29 @@ def test_same_bits_for_any_isa_and_thread_count():
             np.testing.assert_array_equal(_C.lrn_backward(x.numpy(), dy.numpy(), threads=threads, isa=isa, **TF), base_dx)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_channels_last_layout_gives_the_same_bits(shape):
+    """The NHWC kernels (channels_last tensors, no layout copy) compute exactly what the NCHW ones do."""
+    x = torch.randn(shape) * 20
+    dy = torch.randn(shape)
+    nhwc = lambda t: t.permute(0, 2, 3, 1).contiguous().numpy()  # noqa: E731
+    for isa in _C.isas():
+        for threads in (1, 2):
+            y = _C.lrn_forward(x.numpy(), isa=isa, threads=threads, **TF)
+            y_cl = _C.lrn_forward(nhwc(x), channels_last=True, isa=isa, threads=threads, **TF)
+            np.testing.assert_array_equal(y_cl, nhwc(torch.from_numpy(y)))
+            dx = _C.lrn_backward(x.numpy(), dy.numpy(), isa=isa, threads=threads, **TF)
+            dx_cl = _C.lrn_backward(nhwc(x), nhwc(dy), channels_last=True, isa=isa, threads=threads, **TF)
+            np.testing.assert_array_equal(dx_cl, nhwc(torch.from_numpy(dx)))
+    xt = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    yt = lrn(xt, **TF)
+    if x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1:
+        assert yt.is_contiguous(memory_format=torch.channels_last) and not yt.is_contiguous()
+    (g,) = torch.autograd.grad(yt, xt, dy)
+    torch.testing.assert_close(g.contiguous(), torch.from_numpy(_C.lrn_backward(x.numpy(), dy.numpy(), **TF)),
+                               rtol=0, atol=0)
+
+
 def test_dispatch_picks_the_kernels_on_cpu_and_both_backends_agree():
     assert dispatch.resolve("lrn", "auto", torch.device("cpu"))[0] == "cpu"
     x = (torch.randn(4, 64, 16, 16) * 5).requires_grad_()
@@ -93,6 +116,8 @@ def test_custom_op_registration_is_consistent():
     torch.library.opcheck(torch.ops.iqals_fast.lrn.default, (x, 4, 1.0, 0.001 / 9, 0.75))
     dy = torch.randn(2, 16, 4, 4)
     torch.library.opcheck(torch.ops.iqals_fast.lrn_backward.default, (x.detach(), dy, 4, 1.0, 0.001 / 9, 0.75))
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.iqals_fast.lrn.default, (xc, 4, 1.0, 0.001 / 9, 0.75))
 
 
 def test_model_gradients_agree_between_backends():
@@ -110,7 +135,7 @@ def test_bad_input_gives_clear_errors():
     x = np.zeros((2, 4, 3, 3), np.float32)
     with pytest.raises(TypeError, match="x must have dtype float32, got float64"):
         _C.lrn_forward(x.astype(np.float64), **TF)
-    with pytest.raises(ValueError, match=r"x must have shape N x C x H x W, got \(4, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"x must be 4-D \(N x C x H x W, or N x H x W x C\), got \(4, 3, 3\)"):
         _C.lrn_forward(x[0], **TF)
     with pytest.raises(ValueError, match="C-contiguous"):
         _C.lrn_forward(x[:, :, :, ::2], **TF)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..config import KINDS, LEVELS, MIXTURE
 from ..ops.api import distort, distort_and_score
@@ -96,20 +97,30 @@ class DistortionCache:
         return x[idx], s[idx]
 
 
-def epoch_data(cache: DistortionCache, plan: EpochPlan, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def epoch_data(cache, plan: EpochPlan, idx: np.ndarray | None = None):
     """The epoch's training images (uint8, pristine where planned) and their quality scores (1 if
     pristine), for the dataset indices ``idx`` in that order (default: all, in dataset order).
 
+    ``cache``: a ``DistortionCache`` or anything with its ``images`` / ``get`` interface (the DALI
+    one of data/dali.py). Numpy images give numpy arrays; torch images give tensors on their device.
     Every image's distortion depends on its dataset index only, so any split of the indices (the
     ranks' shares under torchrun) gives the same images as one call for all.
     """
-    idx = np.arange(len(cache.images)) if idx is None else np.asarray(idx, dtype=np.int64)
-    x = cache.images[idx]
-    s = np.ones(len(idx), np.float32)
+    images = cache.images
+    idx = np.arange(len(images)) if idx is None else np.asarray(idx, dtype=np.int64)
+    on_torch = isinstance(images, torch.Tensor)
+    if on_torch:
+        x = images[torch.from_numpy(idx).to(images.device)]
+        s = torch.ones(len(idx), dtype=torch.float32, device=images.device)
+    else:
+        x = images[idx]
+        s = np.ones(len(idx), np.float32)
     kind, level = plan.kind[idx], plan.level[idx]
     for ki, k in enumerate(KINDS):
         for lvl in (1, 2, 3):
             sel = np.flatnonzero((kind == ki) & (level == lvl))
             if len(sel):
-                x[sel], s[sel] = cache.get(k, lvl, idx[sel], plan.noise_seed)
+                y, sc = cache.get(k, lvl, idx[sel], plan.noise_seed)
+                at = torch.from_numpy(sel).to(images.device) if on_torch else sel
+                x[at], s[at] = y, sc
     return x, s

@@ -63,26 +63,38 @@ def _on_cpu(device: torch.device) -> bool:
 
 if _C is not None:
 
+    def _lrn_call(fn, tensors, **params):
+        """Run an LRN kernel on NCHW tensors in their own layout: channels_last ones as N x H x W x C arrays
+        (no copy), the rest as NCHW-contiguous ones; the result keeps the first tensor's layout."""
+        cl = tensors[0].is_contiguous(memory_format=torch.channels_last) and not tensors[0].is_contiguous()
+        if cl:
+            arrays = [t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
+                      for t in tensors]
+            return torch.from_numpy(fn(*arrays, channels_last=True, threads=torch.get_num_threads(),
+                                       **params)).permute(0, 3, 1, 2)
+        arrays = [_numpy(t.detach()) for t in tensors]
+        return torch.from_numpy(fn(*arrays, channels_last=False, threads=torch.get_num_threads(), **params))
+
     @torch.library.custom_op("iqals_fast::lrn", mutates_args=(), device_types="cpu")
     def lrn_op(x: torch.Tensor, radius: int, bias: float, alpha: float, beta: float) -> torch.Tensor:
-        y = _C.lrn_forward(_numpy(x.detach()), radius=radius, bias=bias, alpha=alpha, beta=beta,
-                           threads=torch.get_num_threads())
-        return torch.from_numpy(y)
+        return _lrn_call(_C.lrn_forward, [x], radius=radius, bias=bias, alpha=alpha, beta=beta)
 
     @torch.library.custom_op("iqals_fast::lrn_backward", mutates_args=(), device_types="cpu")
     def lrn_backward_op(x: torch.Tensor, dy: torch.Tensor, radius: int, bias: float, alpha: float,
                         beta: float) -> torch.Tensor:
-        dx = _C.lrn_backward(_numpy(x.detach()), _numpy(dy.detach()), radius=radius, bias=bias, alpha=alpha,
-                             beta=beta, threads=torch.get_num_threads())
-        return torch.from_numpy(dx)
+        return _lrn_call(_C.lrn_backward, [x, dy], radius=radius, bias=bias, alpha=alpha, beta=beta)
+
+    def _like(x: torch.Tensor) -> torch.Tensor:
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return torch.empty_like(x, memory_format=torch.channels_last if cl else torch.contiguous_format)
 
     @lrn_op.register_fake
     def _(x, radius, bias, alpha, beta):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+        return _like(x)
 
     @lrn_backward_op.register_fake
     def _(x, dy, radius, bias, alpha, beta):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+        return _like(x)
 
     def _lrn_setup(ctx, inputs, output):
         x, ctx.radius, ctx.bias, ctx.alpha, ctx.beta = inputs
