@@ -129,14 +129,15 @@ def load_run_config(run: Path) -> dict:
 
 def make_cache(images: np.ndarray, cfg: TrainConfig, device: torch.device):
     """The per-dataset distortion cache of ``cfg.loader``: ``plain`` (data/mixture.py: PIL JPEG) or
-    ``dali`` (data/dali.py: DALI's JPEG, on the GPU's copy of the images on CUDA). Both give the same
-    images and scores: DALI's CPU JPEG is libjpeg's, bit for bit, and it is used on GPUs too (the
-    copies are made once per dataset), since DALI's GPU encoder is not libjpeg."""
+    ``dali`` (data/dali.py: DALI's JPEG). Both give the same images and scores: DALI's CPU JPEG is
+    libjpeg's, bit for bit, and it is used on GPUs too (the copies are made once per dataset), since
+    DALI's GPU encoder is not libjpeg. On CUDA the images, the cached copies and each epoch's noise
+    (the Triton kernel) stay on the GPU: no host round trip per epoch."""
+    on = torch.from_numpy(images).to(device) if device.type == "cuda" else images
     if cfg.loader == "plain":
-        return DistortionCache(images, backend=cfg.backend, iqa=cfg.iqa)
+        return DistortionCache(on, backend=cfg.backend, iqa=cfg.iqa)
     from .data.dali import DaliDistortionCache
 
-    on = torch.from_numpy(images).to(device) if device.type == "cuda" else images
     return DaliDistortionCache(on, backend=cfg.backend, iqa=cfg.iqa, jpeg_device="cpu")
 
 

@@ -192,3 +192,24 @@ def test_test_subset_is_class_balanced_and_fixed():
     assert ds.test_subset(None) is ds
     with pytest.raises(DataError, match="--test-subset"):
         ds.test_subset(0)
+
+
+def test_epoch_data_on_torch_images_equals_numpy(tmp_path, monkeypatch):
+    """The cache on torch images (how train keeps them on a GPU) gives the numpy path's images and scores."""
+    import torch
+
+    from iqals_fast.data.mixture import DistortionCache, epoch_data, epoch_plan
+    from iqals_fast.data.sources import synthetic
+
+    monkeypatch.setenv("IQALS_CACHE", str(tmp_path))
+    ds = synthetic(300, 10)
+    plan = epoch_plan(300, ("blur", "noise", "jpeg"), 1, 0)
+    idx = np.random.default_rng(0).permutation(300)[:150]
+    xa, sa = epoch_data(DistortionCache(ds.train_x), plan, idx)
+    xb, sb = epoch_data(DistortionCache(torch.from_numpy(ds.train_x)), plan, idx)
+    assert isinstance(xb, torch.Tensor) and isinstance(sb, torch.Tensor)
+    np.testing.assert_array_equal(xb.numpy(), xa)
+    np.testing.assert_array_equal(sb.numpy(), sa)
+    xall, sall = epoch_data(DistortionCache(ds.train_x), plan)  # a share = the same rows of the whole
+    np.testing.assert_array_equal(xall[idx], xa)
+    np.testing.assert_array_equal(sall[idx], sa)
