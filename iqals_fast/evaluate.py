@@ -23,6 +23,7 @@ Distortions of the test set are fixed: blur and JPEG are deterministic and the n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -96,10 +97,14 @@ def predict(model, images: np.ndarray, device, batch: int = 1000) -> np.ndarray:
     return np.exp(predict_log_probs(model, images, device, batch)).astype(np.float32)
 
 
-def _suite(model, sets, labels, device) -> tuple[dict, dict]:
+def _suite(model, sets, labels, device, memo: dict) -> tuple[dict, dict]:
     results, pool_conf, pool_ssim = {}, [], []
     for name, (x, s) in sets.items():
-        lp = predict_log_probs(model, x, device)
+        # some sets hold the same images (CIFAR-10-C blur 0.7 and 1.0, noise 0.01 are Table 2's blur1, blur2, noise2)
+        key = hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16).hexdigest()
+        if key not in memo:
+            memo[key] = predict_log_probs(model, x, device)
+        lp = memo[key]
         results[name] = classification_metrics(lp, labels, s)
         pool_conf.append(np.exp(lp[np.arange(len(labels)), labels]))
         pool_ssim.append(np.asarray(s, np.float64))
@@ -137,6 +142,8 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
     run = Path(run)
     t0 = time.perf_counter()
     model, cfg = load_model(run, device)
+    # the standardised NHWC images are channels-last already: so made the weights (same logits, ~1.9x on CPU)
+    model = model.to(memory_format=torch.channels_last)
     ds = dataset if dataset is not None else load(data or cfg["data"])
     ds = ds.test_subset(test_subset)
     if ds.checksum != cfg["dataset"]["checksum"]:
@@ -154,13 +161,13 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
            "corruption_params": {c: {"kind": k, "params": list(p)} for c, (k, p) in CORRUPTIONS.items()},
            "results": old.get("results", {}), "corruptions": old.get("corruptions", {}),
            "pooled": {k: v for k, v in old.get("pooled", {}).items() if k != "all"}}
-    pools = {}
+    pools, memo = {}, {}
     if suite in ("table2", "all"):
         s = sets if sets is not None else test_sets(ds, backend)
-        out["results"], pools["table2"] = _suite(model, s, ds.test_y, device)
+        out["results"], pools["table2"] = _suite(model, s, ds.test_y, device, memo)
     if suite in ("corruptions", "all"):
         c = corruptions if corruptions is not None else corruption_sets(ds, backend)
-        out["corruptions"], pools["corruptions"] = _suite(model, c, ds.test_y, device)
+        out["corruptions"], pools["corruptions"] = _suite(model, c, ds.test_y, device, memo)
     for k, pool in pools.items():
         out["pooled"][k] = {"spearman_true_conf_ssim": _rho(pool), "n": int(len(pool["conf"]))}
     if len(pools) == 2:

@@ -83,6 +83,9 @@ def test_suites_merge_and_old_layouts_are_detected(runs):
     assert full["results"] == e["results"] and full["corruptions"] == e["corruptions"]
     assert full["pooled"]["all"]["n"] == 25 * len(DS.test_y)
     assert full["results"]["pristine"]["spearman_true_conf_ssim"] is None
+    # CIFAR-10-C blur 0.7 / 1.0 and noise 0.01 are Table 2's blur1 / blur2 / noise2: the same images and numbers
+    for c, t in (("gaussian_blur-3", "blur1"), ("gaussian_blur-5", "blur2"), ("gaussian_noise-5", "noise2")):
+        assert full["corruptions"][c] == full["results"][t]
     assert full["versions"]["torch"] and full["eval_version"] == 2
     # an eval.json of the first layout (Table 2 accuracies only) is re-evaluated
     old = {k: v for k, v in full.items() if k not in ("eval_version", "corruptions", "pooled")}
