@@ -258,6 +258,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
             on_true = apply_transform(scores, cfg.transform, ds.num_classes)
             t_data = time.perf_counter() - t0
             model.train()
+            shown = 0.0
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.int64)
             for b in range(steps):
@@ -266,7 +267,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
                 loss_sum += loss * len(labels[sl])
                 correct += c
                 bar.update(1)
-                if b % 10 == 0 or b == steps - 1:
+                if not bar.disable and (time.perf_counter() - shown > 0.5 or b == steps - 1):
+                    # float(loss) waits for the device: twice a second, not every few steps
+                    shown = time.perf_counter()
                     el = bar.format_dict["elapsed"] or 1e-9
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}",
                                     img_s=f"{bar.n * cfg.batch_size / el:.0f}")
