@@ -56,6 +56,14 @@ def max_pool_same(x: torch.Tensor) -> torch.Tensor:
     pw = max((-(-w // 2) - 1) * 2 + 3 - w, 0)
     if ph <= 1 and pw <= 1:
         return F.max_pool2d(x, 3, 2, ceil_mode=True)
+    return max_pool_same_padded(x)
+
+
+def max_pool_same_padded(x: torch.Tensor) -> torch.Tensor:
+    """TF max_pool(ksize 3, stride 2, padding SAME) by explicit -inf padding: the reference."""
+    h, w = x.shape[-2:]
+    ph = max((-(-h // 2) - 1) * 2 + 3 - h, 0)
+    pw = max((-(-w // 2) - 1) * 2 + 3 - w, 0)
     x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=float("-inf"))
     return F.max_pool2d(x, 3, 2)
 
@@ -81,9 +89,11 @@ def _trunc_normal_(t: torch.Tensor, std: float, gen: torch.Generator) -> None:
 
 
 class PaperCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, image_size: int = 32, seed: int = 0, lrn_backend: str = "auto"):
+    def __init__(self, num_classes: int = 10, image_size: int = 32, seed: int = 0, lrn_backend: str = "auto",
+                 reference: bool = False):
         super().__init__()
         self.lrn_backend = lrn_backend
+        self.reference = reference  # forward_reference() instead of the fast forward()
         self.conv1 = nn.Conv2d(3, 64, 5, padding=2)
         self.conv2 = nn.Conv2d(64, 64, 5, padding=2)
         side = math.ceil(math.ceil(image_size / 2) / 2)  # two SAME stride-2 pools
@@ -101,8 +111,22 @@ class PaperCNN(nn.Module):
         return [self.fc1.weight, self.fc2.weight]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = lrn_tf(max_pool_same(F.relu(self.conv1(x))), self.lrn_backend)
+        if self.reference:
+            return self.forward_reference(x)
+        # ReLU after the pool instead of before: max-pooling commutes with any non-decreasing map,
+        # so values and gradients are exactly the same, on a quarter of the elements.
+        x = lrn_tf(F.relu(max_pool_same(self.conv1(x))), self.lrn_backend)
         x = max_pool_same(lrn_tf(F.relu(self.conv2(x)), self.lrn_backend))
+        return self._head(x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Table 1 written the plain way, in PyTorch's own ops: conv, ReLU, padded pool, composite LRN.
+        The reference of forward() (tests), and the eager baseline of ``iqals-fast bench``."""
+        x = lrn_tf(max_pool_same_padded(F.relu(self.conv1(x))), "torch")
+        x = max_pool_same_padded(lrn_tf(F.relu(self.conv2(x)), "torch"))
+        return self._head(x)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(x.permute(0, 2, 3, 1), 1)  # flatten in TF's NHWC order
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))

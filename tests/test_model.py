@@ -68,3 +68,48 @@ def test_paper_protocol_and_scaled_schedule():
     assert p.lr_step_epochs == 7 and p.lr_at(6) == 0.1 and p.lr_at(7) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="--epochs"):
         PAPER.scaled(epochs=0)
+
+
+def test_relu_after_pool_is_exactly_relu_before_pool():
+    """forward() pools before the ReLU of layer 1 (cheaper): the same values and gradients, bit for bit."""
+    x = torch.randn(4, 8, 32, 32, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    a = max_pool_same(torch.relu(x))
+    b = torch.relu(max_pool_same(x2))
+    assert torch.equal(a, b)
+    dy = torch.randn_like(a)
+    a.backward(dy)
+    b.backward(dy)
+    assert torch.equal(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (16, 16), (31, 33), (8, 9), (3, 3)])
+def test_max_pool_same_equals_the_padded_reference(h, w):
+    from iqals_fast.model import max_pool_same_padded
+
+    x = torch.randn(2, 3, h, w, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    a, b = max_pool_same(x), max_pool_same_padded(x2)
+    assert torch.equal(a, b)
+    dy = torch.randn_like(a)
+    a.backward(dy)
+    b.backward(dy)
+    assert torch.equal(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_forward_matches_the_plain_pytorch_reference(channels_last):
+    """forward() (C++ LRN, pool before ReLU, ceil-mode pooling) vs forward_reference(): float rounding only."""
+    fast, ref = PaperCNN(seed=1), PaperCNN(seed=1, reference=True)
+    g = torch.Generator().manual_seed(5)
+    x = standardize(torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8, generator=g))
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    ya, yb = fast(x), ref(x.contiguous())
+    # float32 rounding of a different LRN and conv layout, through five layers: 1e-4 relative
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-5 * float(yb.detach().abs().max()))
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    for (k, pa), pb in zip(fast.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6 * float(pb.grad.abs().max()), msg=k)

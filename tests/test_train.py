@@ -178,7 +178,7 @@ def test_bench_command_reports_every_row(tmp_path, monkeypatch, capsys):
     assert main(["bench", "--data", "synthetic", "-n", "200", "--epochs", "2", "--steps", "1", "--rounds", "1",
                  "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert {"eager, PyTorch LRN", "eager, dispatched LRN", "compiled, dispatched LRN"} <= set(res["model_only"])
+    assert {"eager, plain PyTorch", "eager, dispatched LRN", "compiled, dispatched LRN"} <= set(res["model_only"])
     assert res["default"] == "eager, dispatched LRN, channels_last" and res["default"] in res["model_only"]
     assert all(r["images_per_s"] > 0 for r in res["model_only"].values())
     assert res["pipeline"]["n"] == 200 and len(res["pipeline"]["epochs_images_per_s"]) == 2
