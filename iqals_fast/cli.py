@@ -64,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format for the CNN (default: on for CPU, off on CUDA)")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast of the CNN on CUDA (the loss stays float32)")
-    t.add_argument("--loader", choices=("plain", "dali"), default="plain",
+    t.add_argument("--loader", choices=("auto", "plain", "dali"), default="auto",
                    help="who makes the per-dataset JPEG copies: plain (PIL) or dali (NVIDIA DALI, ~4.5x faster on "
-                        "CPU; the same bytes)")
+                        "CPU; the same bytes); auto (default): dali where it is installed")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="test runs on the pristine and nine distorted test sets (writes RUN/eval.json)")

@@ -192,7 +192,7 @@ def test_dali_loader_trains_exactly_like_the_plain_one(tmp_path):
 
     if not dali.available():
         pytest.skip("NVIDIA DALI is not installed")
-    a = train(cfg(tmp_path, "plain", strategy=8, epochs=1), dataset=DS, progress=False)
+    a = train(cfg(tmp_path, "plain", strategy=8, epochs=1, loader="plain"), dataset=DS, progress=False)
     b = train(cfg(tmp_path, "dali", strategy=8, epochs=1, loader="dali"), dataset=DS, progress=False)
     ha = torch.load(a / "checkpoint.pt", weights_only=False)
     hb = torch.load(b / "checkpoint.pt", weights_only=False)
