@@ -133,7 +133,8 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
     """Test a trained run on ``suite``'s test sets; writes ``RUN/eval.json`` atomically.
 
     ``suite``: ``table2``, ``corruptions`` or ``all``. Evaluating one suite keeps the other's results
-    already in eval.json (if its layout is current). ``test_subset`` keeps a class-balanced N of the
+    already in eval.json (if its layout is current); ``corruptions`` also evaluates Table 2's sets when
+    eval.json lacks them (corruption errors need the clean accuracy). ``test_subset`` keeps a class-balanced N of the
     test images (Table 2 proper uses the whole test set). ``sets`` / ``corruptions`` pass
     precomputed test sets (name -> (images, SSIM)), to share them between runs.
     """
@@ -162,7 +163,7 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
            "results": old.get("results", {}), "corruptions": old.get("corruptions", {}),
            "pooled": {k: v for k, v in old.get("pooled", {}).items() if k != "all"}}
     pools, memo = {}, {}
-    if suite in ("table2", "all"):
+    if suite in ("table2", "all") or not out["results"]:
         s = sets if sets is not None else test_sets(ds, backend)
         out["results"], pools["table2"] = _suite(model, s, ds.test_y, device, memo)
     if suite in ("corruptions", "all"):

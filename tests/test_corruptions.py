@@ -87,6 +87,9 @@ def test_suites_merge_and_old_layouts_are_detected(runs):
     for c, t in (("gaussian_blur-3", "blur1"), ("gaussian_blur-5", "blur2"), ("gaussian_noise-5", "noise2")):
         assert full["corruptions"][c] == full["results"][t]
     assert full["versions"]["torch"] and full["eval_version"] == 2
+    # --suite corruptions on a run without Table 2's results evaluates those too (mCE needs the clean accuracy)
+    e2 = evaluate(runs[1], dataset=DS, suite="corruptions")
+    assert len(e2["results"]) == 10 and len(e2["corruptions"]) == 15 and not needs_eval(runs[1])
     # an eval.json of the first layout (Table 2 accuracies only) is re-evaluated
     old = {k: v for k, v in full.items() if k not in ("eval_version", "corruptions", "pooled")}
     (r / EVAL).write_text(json.dumps(old))
