@@ -394,3 +394,23 @@ def test_loss_compiles_without_graph_breaks(device):
     r_loss = iq.soft_label_mse(zr * 2.0, y, s, "power:2", backend="torch")
     r_loss.backward()
     _check_loss(loss.detach(), zt.grad, r_loss.detach(), zr.grad, torch.float32)
+
+
+def test_training_step_with_the_fused_loss_is_one_graph(device):
+    """The step train() compiles (train.make_forward: standardise, CNN, loss) with this backend's fused
+    loss traces as one graph: the loss (and, on CPU, the C++ LRN) are custom-op nodes, not graph breaks."""
+    from iqals_fast.model import PaperCNN
+    from iqals_fast.train import TrainConfig, make_forward
+
+    _, fn = dispatch.resolve("soft_label_mse", "triton", device)
+    model = PaperCNN(seed=0).to(device)
+    fwd = make_forward(model, fn, TrainConfig(compile=True), device)
+    x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, device=device)
+    y, s = torch.tensor([0, 1, 2, 3], device=device), torch.tensor([1.0, 0.9, 0.5, 0.7], device=device)
+    explained = torch._dynamo.explain(fwd)(x, y, s)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    code = explained.graphs[0].code
+    assert "iqals_fast.soft_label_mse" in code
+    if device.type == "cpu":
+        assert "iqals_fast.lrn" in code
+    torch._dynamo.reset()
