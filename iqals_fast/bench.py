@@ -91,19 +91,17 @@ def model_only(images: np.ndarray, labels: np.ndarray, device: torch.device, *, 
                    "rounds_images_per_s": [len(y) * steps / t for t in ts]} for name, ts in times.items()}
 
 
-def pipeline(data: str, device: torch.device, *, n: int, epochs: int, loader: str = "plain") -> dict:
+def pipeline(data: str, device: torch.device, *, n: int, epochs: int) -> dict:
     """Strategy 9 trained for real on n images: images/s per epoch (data + distortions + scores + steps)."""
     ds = load(data)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(strategy=9, data=data, epochs=epochs, train_subset=n, device=str(device),
                           lr_step_epochs=epochs, out=str(Path(tmp) / "run"))  # train's default speed settings
-        if loader != "plain":
-            cfg = replace(cfg, loader=loader)
         run = train(cfg, dataset=ds, progress=False)
         hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     later = hist[1:] or hist
     compile_, cl = cfg.speed(device)
-    return {"n": n, "epochs": epochs, "compile": compile_, "channels_last": cl, "loader": loader,
+    return {"n": n, "epochs": epochs, "compile": compile_, "channels_last": cl,
             "images_per_s": statistics.median(h["images_per_s"] for h in later),
             "data_seconds_per_epoch": statistics.median(h["data_seconds"] for h in later),
             "first_epoch_seconds": hist[0]["seconds"], "first_epoch_data_seconds": hist[0]["data_seconds"],

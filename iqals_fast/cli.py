@@ -64,9 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format for the CNN (default: on for CPU, off on CUDA)")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast of the CNN on CUDA (the loss stays float32)")
-    t.add_argument("--loader", choices=("auto", "plain", "dali"), default="auto",
-                   help="who makes the per-dataset JPEG copies: plain (PIL) or dali (NVIDIA DALI, ~4.5x faster on "
-                        "CPU; the same bytes); auto (default): dali where it is installed")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="test runs on the pristine and nine distorted test sets (writes RUN/eval.json)")
@@ -100,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu")
     r.add_argument("--backend", default="auto")
     r.add_argument("--paper", default=None, help="CSV of the paper's numbers: strategy,test_set,accuracy")
+    r.add_argument("--iqa", default="ssim", choices=("ssim", "ms-ssim-small", "gmsd", "psnr"),
+                   help="IQA measure behind IQA-LS's scores (default ssim). Another measure's IQA-LS runs go to "
+                        "OUT/runs/strategy<N>-seed<S>-<iqa>, its report to OUT/iqa-<iqa>/; 0-1 label runs are shared")
     r.add_argument("--no-progress", action="store_true")
 
     b = sub.add_parser("bench", help="training throughput: eager vs compiled steps, and the full strategy-9 pipeline")
@@ -141,8 +141,7 @@ def _run(args, argv=None) -> int:
         cfg = TrainConfig(strategy=args.strategy, data=args.data, epochs=args.epochs, train_subset=args.train_subset,
                           seed=args.seed, device=args.device, backend=args.backend, transform=args.transform,
                           batch_size=args.batch_size, lr_step_epochs=args.lr_step_epochs, out=args.out, iqa=args.iqa,
-                          compile=args.compile, channels_last=args.channels_last, bf16=args.bf16,
-                          loader=args.loader)
+                          compile=args.compile, channels_last=args.channels_last, bf16=args.bf16)
         run = train(cfg, resume=args.resume, progress=not args.no_progress)
         print(f"trained: {run}  (next: iqals-fast eval {run})")
     elif args.command == "eval":
@@ -185,7 +184,7 @@ def _run(args, argv=None) -> int:
 
         print(reproduce(args.protocol, data=args.data, out=args.out, seeds=tuple(args.seeds),
                         strategies=tuple(args.strategies), device=args.device, backend=args.backend,
-                        paper_csv=args.paper, progress=not args.no_progress,
+                        paper_csv=args.paper, progress=not args.no_progress, iqa=args.iqa,
                         command=" ".join(["iqals-fast", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])))
     elif args.command == "bench":
         from .bench import run_bench

@@ -57,7 +57,6 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile the step (CUDA graphs on GPU)
     channels_last: bool | None = None
     bf16: bool = False  # bf16 autocast of the CNN on CUDA (the loss stays float32)
-    loader: str = "auto"  # plain | dali | auto (dali where installed): who makes the JPEG copies (same bytes)
 
     def speed(self, device: torch.device) -> tuple[bool, bool]:
         """(compile, channels_last) for ``device``. On CPU: eager and channels_last. With the C++ LRN the
@@ -72,13 +71,6 @@ class TrainConfig:
         get_strategy(self.strategy)
         parse_transform(self.transform)
         check_measure(self.iqa)
-        if self.loader not in ("plain", "dali", "auto"):
-            raise ValueError(f"--loader must be 'plain', 'dali' or 'auto', got {self.loader!r}")
-        if self.loader == "dali":
-            from .data import dali
-
-            if not dali.available():
-                raise ValueError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda120 (Linux x86-64)")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not 0 <= self.seed < 2**32:
@@ -127,21 +119,12 @@ def load_run_config(run: Path) -> dict:
     return json.loads(p.read_text())
 
 
-def make_cache(images: np.ndarray, cfg: TrainConfig, device: torch.device):
-    """The per-dataset distortion cache of ``cfg.loader``: ``plain`` (data/mixture.py: PIL JPEG) or
-    ``dali`` (data/dali.py: DALI's JPEG, about 4.5x faster on CPU; ``auto`` takes it where DALI is
-    installed). Both give the same images and scores: DALI's CPU JPEG is
-    libjpeg's, bit for bit, and it is used on GPUs too (the copies are made once per dataset), since
-    DALI's GPU encoder is not libjpeg. On CUDA the images, the cached copies and each epoch's noise
-    (the Triton kernel) stay on the GPU: no host round trip per epoch."""
-    from .data import dali
-
+def make_cache(images: np.ndarray, cfg: TrainConfig, device: torch.device) -> DistortionCache:
+    """The per-dataset distortion cache. On CUDA the images, the cached blur/JPEG copies and each
+    epoch's noise (the Triton kernel) stay on the GPU: no host round trip per epoch. (JPEG copies come
+    from the dispatched JPEG: DALI's CPU operator where installed, else PIL; the same bytes.)"""
     on = torch.from_numpy(images).to(device) if device.type == "cuda" else images
-    if cfg.loader == "plain" or (cfg.loader == "auto" and not dali.available()):
-        return DistortionCache(on, backend=cfg.backend, iqa=cfg.iqa)
-    from .data.dali import DaliDistortionCache
-
-    return DaliDistortionCache(on, backend=cfg.backend, iqa=cfg.iqa, jpeg_device="cpu")
+    return DistortionCache(on, backend=cfg.backend, iqa=cfg.iqa)
 
 
 def make_forward(net: torch.nn.Module, loss_fn, cfg: TrainConfig, device: torch.device):

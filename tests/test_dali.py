@@ -405,3 +405,21 @@ def test_gpu_mixed_decoder_close_to_pil(tmp_path, gen):
     ref = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     got = x.cpu().numpy()
     assert np.abs(got.astype(np.float64) - ref).mean() < 1.0 and psnr(got, ref) >= 40.0
+
+
+def test_dispatch_takes_dali_for_jpeg_and_it_equals_pil(gen):
+    """The `dali` backend of the jpeg op: auto picks it where DALI is installed; bytes equal the torch
+    backend's (PIL); a backend without a JPEG of its own (cpu) takes it too; SSIM stays its own."""
+    from iqals_fast.ops import dispatch
+
+    assert dispatch.backends("jpeg") == ["dali", "torch"]
+    assert dispatch.resolve("jpeg", "auto", torch.device("cpu"))[0] == "dali"
+    x = gen(12, 33, 47)
+    for q in LEVELS.jpeg:
+        ref, s_ref = iq.distort_and_score(x, "jpeg", param=q, backend="torch")
+        for backend in ("auto", "dali", "cpu"):
+            y, s = iq.distort_and_score(x, "jpeg", param=q, backend=backend)
+            np.testing.assert_array_equal(y, ref)
+            np.testing.assert_allclose(s, s_ref, rtol=0, atol=1e-5)  # cpu vs torch SSIM (issue 3's bound)
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        iq.distort(x, "jpeg", 1, backend="pil")

@@ -184,20 +184,3 @@ def test_bench_command_reports_every_row(tmp_path, monkeypatch, capsys):
     assert res["pipeline"]["n"] == 200 and len(res["pipeline"]["epochs_images_per_s"]) == 2
     printed = capsys.readouterr().out
     assert "full strategy-9 pipeline" in printed and printed == out.with_suffix(".md").read_text()
-
-
-def test_dali_loader_trains_exactly_like_the_plain_one(tmp_path):
-    """--loader dali: DALI's CPU JPEG is libjpeg's, so the run is the plain run, bit for bit."""
-    from iqals_fast.data import dali
-
-    if not dali.available():
-        pytest.skip("NVIDIA DALI is not installed")
-    a = train(cfg(tmp_path, "plain", strategy=8, epochs=1, loader="plain"), dataset=DS, progress=False)
-    b = train(cfg(tmp_path, "dali", strategy=8, epochs=1, loader="dali"), dataset=DS, progress=False)
-    ha = torch.load(a / "checkpoint.pt", weights_only=False)
-    hb = torch.load(b / "checkpoint.pt", weights_only=False)
-    for k in ha["model"]:
-        torch.testing.assert_close(hb["model"][k], ha["model"][k], rtol=0, atol=0, msg=k)
-    assert ha["history"][0]["mean_ssim"] == hb["history"][0]["mean_ssim"]
-    with pytest.raises(ValueError, match="--loader must be"):
-        train(cfg(tmp_path, "bad", loader="fast"), dataset=DS, progress=False)

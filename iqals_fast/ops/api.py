@@ -49,9 +49,14 @@ def _run(images, kind, p, seed, ids, backend, score):
     t, back = as_images(images, min_side=SSIM.win if score else MIN_SIDE)
     ids_t = check_seed_ids(seed, ids, t.shape[0], t.device)
     if kind == "jpeg":
-        _, jpeg = dispatch.resolve("jpeg", "torch" if backend == "cpu" else backend, t.device)
+        # JPEG has its own backends (dali, torch = PIL; the same bytes): a backend without one
+        # (cpu, triton) takes the best JPEG there is, and its own SSIM.
+        if backend != "auto" and backend not in dispatch.PREFERENCE:
+            raise ValueError(f"backend must be 'auto' or one of {dispatch.PREFERENCE}, got {backend!r}")
+        jpeg_backend = backend if backend in dispatch.backends("jpeg") else "auto"
+        _, jpeg = dispatch.resolve("jpeg", jpeg_backend, t.device)
         out = jpeg(t, p)
-        s = ssim(t, out, backend=backend) if score else None
+        s = ssim(t, out, backend="auto" if backend == "dali" else backend) if score else None
         return back(out), (back(s) if score else None)
     sigma, var = {"blur": (p, None), "noise": (None, p), "blur+noise": p}[kind]
     _, fn = dispatch.resolve("distort_score", backend, t.device)
