@@ -12,6 +12,14 @@ Protocols:
 
 Every run lives in ``OUT/runs/strategy<N>-seed<S>``; an interrupted reproduction resumes: finished
 runs are skipped, unfinished ones continue from their last checkpoint.
+
+``--iqa M`` (M other than ``ssim``) scores IQA-LS's training images with another quality measure
+(``ops/iqa.py``). Its IQA-LS runs (strategies 3, 5, 7, 9) live in ``OUT/runs/strategy<N>-seed<S>-<M>``
+and its report, tables and figures in ``OUT/iqa-<M>/``, so they never collide with the SSIM ones.
+Runs with 0-1 labels (1, 2, 4, 6, 8) use no quality score: they are the SSIM runs, in the same
+directories. Asked for, they are trained (or found finished) there; not asked for, those already
+evaluated in ``OUT/runs`` are put in the report beside the new runs, and the SSIM IQA-LS runs of the
+same seeds are compared with the new measure's.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import torch
 from .config import STRATEGIES
 from .data.sources import atomic_write_bytes, load
 from .evaluate import corruption_sets, evaluate, needs_eval, test_sets
+from .ops.iqa import check_measure
 from .report import (
     SET_NAMES,
     aggregate,
@@ -63,11 +72,24 @@ def _finished(run: Path, epochs: int) -> bool:
     return ck.is_file() and torch.load(ck, map_location="cpu", weights_only=False)["epoch"] >= epochs
 
 
+def run_name(strategy: int, seed: int, iqa: str = "ssim") -> str:
+    """``strategy<N>-seed<S>``, with ``-<iqa>`` for an IQA-LS strategy scored by a measure other than SSIM
+    (a 0-1 label run uses no quality score, so every measure shares the SSIM run)."""
+    name = f"strategy{strategy}-seed{seed}"
+    return f"{name}-{iqa}" if iqa != "ssim" and STRATEGIES[strategy].iqa_ls else name
+
+
+def report_dir(out: Path, iqa: str = "ssim") -> Path:
+    """Where the report goes: OUT for SSIM, OUT/iqa-<M> for another measure."""
+    return Path(out) if iqa == "ssim" else Path(out) / f"iqa-{iqa}"
+
+
 def reproduce(protocol: str = "small", *, data: str = "cifar10", out: str | Path = "results", seeds=(0,),
               strategies=tuple(STRATEGIES), device: str = "cpu", backend: str = "auto", paper_csv=None,
-              progress: bool = True, command: str = "iqals-fast reproduce") -> Path:
+              progress: bool = True, command: str = "iqals-fast reproduce", iqa: str = "ssim") -> Path:
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    check_measure(iqa)
     p = PROTOCOLS[protocol]
     out = Path(out)
     t0 = time.perf_counter()
@@ -75,21 +97,33 @@ def reproduce(protocol: str = "small", *, data: str = "cifar10", out: str | Path
     runs = []
     for seed in seeds:
         for s in strategies:
+            m = iqa if STRATEGIES[s].iqa_ls else "ssim"  # 0-1 labels: the measure is unused, the SSIM run is it
             cfg = TrainConfig(strategy=s, data=data, epochs=p.epochs, train_subset=p.train_subset, seed=seed,
                               device=device, backend=backend, lr_step_epochs=p.lr_step_epochs,
-                              out=str(out / "runs" / f"strategy{s}-seed{seed}"))
+                              out=str(out / "runs" / run_name(s, seed, m)), iqa=m)
             run = cfg.run_dir()
             if not _finished(run, p.epochs):
                 train(cfg, resume=(run / CHECKPOINT).is_file(), dataset=ds, progress=progress)
             runs.append(run)
     evaluate_runs(runs, ds, p.test_subset, device=device, backend=backend)
-    table(runs, paper_csv, out_dir=out)
-    figure3(runs, out)
+    ssim_runs = []
+    if iqa != "ssim":
+        # the 0-1 label runs not asked for, where already evaluated, complete the comparison (never retrained)
+        asked = {(s, sd) for sd in seeds for s in strategies}
+        runs += [r for sd in seeds for s in STRATEGIES if not STRATEGIES[s].iqa_ls and (s, sd) not in asked
+                 for r in [out / "runs" / run_name(s, sd)] if not needs_eval(r, "all")]
+        ssim_runs = [r for sd in seeds for s in strategies if STRATEGIES[s].iqa_ls
+                     for r in [out / "runs" / run_name(s, sd)] if not needs_eval(r, "all")]
+    rep = report_dir(out, iqa)
+    rep.mkdir(parents=True, exist_ok=True)
+    table(runs, paper_csv, out_dir=rep)
+    figure3(runs, rep)
     # the committed report must not carry dataset pixels: Figure 4 without the thumbnails
-    figure4(runs, out, dataset=ds, device=device, show_images=False)
-    extended_reports(runs, out)
-    write_report(out, p, runs, ds, seeds, wall=time.perf_counter() - t0, command=command)
-    return out / "report.md"
+    figure4(runs, rep, dataset=ds, device=device, show_images=False)
+    extended_reports(runs, rep)
+    write_report(rep, p, runs, ds, seeds, wall=time.perf_counter() - t0, command=command, iqa=iqa,
+                 ssim_runs=ssim_runs)
+    return rep / "report.md"
 
 
 def evaluate_runs(runs, ds, test_subset: int | None, *, device: str = "cpu", backend: str = "auto") -> None:
@@ -212,14 +246,90 @@ def calibration_lines(evals: list[dict]) -> list[str]:
     return out
 
 
-def write_report(out: Path, p: ReproProtocol, runs, ds, seeds, wall: float, command: str) -> Path:
+def mean_quality(runs) -> dict[str, float]:
+    """Mean training quality q per level (``mean_ssim`` in metrics.jsonl holds the run's measure), over
+    the runs' epochs."""
+    vals: dict[str, list] = {}
+    for run in runs:
+        for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
+            for k, v in json.loads(line).get("mean_ssim", {}).items():
+                vals.setdefault(k, []).append(v)
+    return {k: float(np.mean(v)) for k, v in vals.items()}
+
+
+def measure_section(evals: list[dict], ssim_evals: list[dict], iqa: str, runs, ssim_runs, out: Path | None = None
+                    ) -> str:
+    """IQA-LS scored with ``iqa`` against SSIM and against 0-1 labels, mean over seeds: Table 2 accuracy
+    (pristine, mean of each kind's three levels), mCE (strategy 1 of the same seed as baseline), ECE;
+    and the mean q each measure gives the training levels. Writes measures.md/.csv into ``out``."""
+    base = {e["seed"]: e for e in evals if e["strategy"] == 1}
+    kinds = ("blur", "noise", "jpeg")
+    cols = ["pristine", *(f"{k} 1-3" for k in kinds), "mCE", "ECE clean", "ECE T2 distorted"]
+
+    def row(es):
+        v = {"pristine": [100 * e["results"]["pristine"]["accuracy"] for e in es]}
+        for k in kinds:
+            v[f"{k} 1-3"] = [100 * np.mean([e["results"][f"{k}{lv}"]["accuracy"] for lv in (1, 2, 3)]) for e in es]
+        v["mCE"] = [corruption_errors(e, base[e["seed"]])["mCE"] for e in es
+                    if e.get("corruptions") and e["seed"] in base]
+        v["ECE clean"] = [100 * e["results"]["pristine"]["ece"] for e in es]
+        v["ECE T2 distorted"] = [100 * np.mean([e["results"][n]["ece"] for n in SET_NAMES[1:]]) for e in es]
+        return {c: (float(np.mean(x)) if x else float("nan"), len(x)) for c, x in v.items()}
+
+    lines = [f"| # | labels | seeds | {' | '.join(cols)} |", "|---|---|---|" + "---|" * len(cols)]
+    rows = []
+    for zo, ls in _pairs().values():
+        for s, lab, es in ((zo, "0-1", [e for e in evals if e["strategy"] == zo]),
+                           (ls, "IQA-LS ssim", [e for e in ssim_evals if e["strategy"] == ls]),
+                           (ls, f"IQA-LS {iqa}", [e for e in evals if e["strategy"] == ls])):
+            if not es:
+                continue
+            r = row(es)
+            lines.append(f"| {s} | {lab} | {','.join(str(e['seed']) for e in es)} | "
+                         + " | ".join("—" if not np.isfinite(r[c][0]) else f"{r[c][0]:.2f}" for c in cols) + " |")
+            rows += [{"strategy": s, "labels": lab, "seeds": len(es), "quantity": c, "mean": round(r[c][0], 4)}
+                     for c in cols]
+    levels = [f"{k}{lv}" for k in kinds for lv in (1, 2, 3)]
+    qs = {"ssim": mean_quality(ssim_runs), iqa: mean_quality(runs)}
+    qlines = ["| measure | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
+    for m, q in qs.items():
+        if q:
+            qlines.append(f"| {m} | " + " | ".join(f"{q[n]:.3f}" if n in q else "—" for n in levels) + " |")
+    text = f"""Accuracy (%) on Table 2's test sets (pristine; mean of the three levels of each kind), mCE over the
+CIFAR-10-C severities (strategy 1 of the same seed = 100) and ECE (%, 15 bins), mean over the seeds listed.
+0-1 label runs use no quality score: they are the SSIM report's runs.
+
+{chr(10).join(lines)}
+
+Mean quality q = T(measure) that IQA-LS put on the true class, per training level (metrics.jsonl's
+`mean_ssim`, which holds the run's measure; mean over epochs and runs):
+
+{chr(10).join(qlines)}
+"""
+    if out is not None:
+        from .report import _csv, _write
+
+        _write(out, "measures.md", text)
+        _write(out, "measures.csv", _csv(rows))
+    return text
+
+
+def write_report(out: Path, p: ReproProtocol, runs, ds, seeds, wall: float, command: str, iqa: str = "ssim",
+                 ssim_runs=()) -> Path:
     evals = load_evals(runs)
     agg = aggregate(evals)
     train_s = sum(r["seconds"] for run in runs for r in
                   (json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()))
     v = versions()
     spread = [sd for d in agg.values() for (_, sd, k) in d.values() if k > 1]
-    text = f"""# Table 2 reproduction: protocol `{p.name}`
+    title, where, extra = "", "runs/strategy<N>-seed<S>/", ""
+    if iqa != "ssim":
+        title = f", IQA-LS scored with `{iqa}`"
+        where = f"../runs/strategy<N>-seed<S>-{iqa}/ (IQA-LS) and ../runs/strategy<N>-seed<S>/ (0-1 labels)"
+        extra = (f"\n## IQA-LS with `{iqa}` against SSIM\n\n"
+                 + measure_section(evals, load_evals(ssim_runs), iqa, [r for r in runs if r.name.endswith(iqa)],
+                                   ssim_runs, out))
+    text = f"""# Table 2 reproduction: protocol `{p.name}`{title}
 
 Produced by `{command}`.
 
@@ -246,8 +356,8 @@ Produced by `{command}`.
 {chr(10).join(claims(agg)) or '(needs strategies 1-9)'}
 
 Seed-to-seed spread: {f'median std {np.median(spread):.2f} points, max {np.max(spread):.2f}' if spread else 'one seed only, so no spread measured; differences under about 1 point should not be read as effects'}.
-{extended_sections(out, evals)}
-Each run's options, metrics per epoch and evaluation are in `runs/strategy<N>-seed<S>/` (`config.json`,
+{extra}{extended_sections(out, evals)}
+Each run's options, metrics per epoch and evaluation are in `{where}` (`config.json`,
 `metrics.jsonl`, `eval.json`); the checkpoints are not committed.
 """
     atomic_write_bytes(out / "report.md", lambda f: f.write(text.encode()))

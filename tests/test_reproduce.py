@@ -56,3 +56,33 @@ def test_protocols():
     with pytest.raises(ValueError, match="--protocol must be one of"):
         R.reproduce("huge")
     assert len(STRATEGIES) == 9
+
+
+def test_reproduce_with_another_iqa_measure(tiny, tmp_path):
+    """--iqa gmsd: IQA-LS runs go to strategy<N>-seed<S>-gmsd, the report to OUT/iqa-gmsd/; 0-1 label runs are
+    the SSIM ones (found finished, not retrained) and the SSIM report files stay as they were."""
+    out = tmp_path / "rep"
+    args = ["reproduce", "--data", "synthetic", "--out", str(out), "--no-progress", "--strategies"]
+    assert main([*args, "1", "2", "3"]) == 0
+    ssim_files = {f: (out / f).read_bytes() for f in ("report.md", "table2.csv", "calibration.csv")}
+    mtimes = {s: (out / "runs" / f"strategy{s}-seed0" / "checkpoint.pt").stat().st_mtime_ns for s in (1, 2, 3)}
+    assert main([*args, "2", "3", "--iqa", "gmsd"]) == 0
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["strategy1-seed0", "strategy2-seed0", "strategy3-seed0", "strategy3-seed0-gmsd"]
+    cfg = json.loads((out / "runs" / "strategy3-seed0-gmsd" / "config.json").read_text())
+    assert cfg["iqa"] == "gmsd" and cfg["strategy"] == 3
+    assert json.loads((out / "runs" / "strategy3-seed0-gmsd" / "eval.json").read_text())["iqa"] == "gmsd"
+    for s, t in mtimes.items():
+        assert (out / "runs" / f"strategy{s}-seed0" / "checkpoint.pt").stat().st_mtime_ns == t
+    assert {f: (out / f).read_bytes() for f in ssim_files} == ssim_files
+    rep = out / "iqa-gmsd"
+    report = (rep / "report.md").read_text()
+    assert "IQA-LS scored with `gmsd`" in report and "--iqa gmsd" in report
+    # strategy 1 was not asked for but is reused (mCE's baseline); strategy 3 is the gmsd run
+    assert "| 1 | Pristine |" in report and "| 3 | MIX_blur + IQA-LS |" in report
+    assert "| 3 | IQA-LS ssim | 0 |" in report and "| 3 | IQA-LS gmsd | 0 |" in report and "| 2 | 0-1 | 0 |" in report
+    assert "| gmsd | " in (rep / "measures.md").read_text()
+    for f in ("table2.csv", "figure3.png", "corruptions.md", "calibration.md", "measures.csv"):
+        assert (rep / f).stat().st_size > 100
+    with pytest.raises(SystemExit):
+        main([*args, "3", "--iqa", "lpips"])
