@@ -35,6 +35,17 @@ inline void neg_pow(const float* s, float* p, int n, float beta) {
     }
 }
 
+// acc[b] = sum over rows j in [c - radius, c + radius] (within [0, C)), in increasing j, of rows[j][b];
+// rows is C x kBlock.
+inline void window_sum(const float* rows, int64_t c, int64_t c_count, int64_t radius, int n, float* acc) {
+    const int64_t lo = std::max<int64_t>(0, c - radius), hi = std::min<int64_t>(c_count - 1, c + radius);
+    for (int b = 0; b < n; ++b) acc[b] = 0.0f;
+    for (int64_t j = lo; j <= hi; ++j) {
+        const float* q = rows + j * kBlock;
+        for (int b = 0; b < n; ++b) acc[b] += q[b];
+    }
+}
+
 // For positions [p0, p0 + n) of one image: the window sums s (C x kBlock) and s^-beta (C x kBlock).
 inline void scales(const float* x, int64_t c_count, int64_t plane, int64_t p0, int n, const Lrn& lrn, float* sq,
                    float* s, float* pw) {
@@ -44,13 +55,8 @@ inline void scales(const float* x, int64_t c_count, int64_t plane, int64_t p0, i
         for (int b = 0; b < n; ++b) q[b] = xc[b] * xc[b];
     }
     for (int64_t c = 0; c < c_count; ++c) {
-        const int64_t lo = std::max<int64_t>(0, c - lrn.radius), hi = std::min<int64_t>(c_count - 1, c + lrn.radius);
         float acc[kBlock];
-        for (int b = 0; b < n; ++b) acc[b] = 0.0f;
-        for (int64_t j = lo; j <= hi; ++j) {
-            const float* q = sq + j * kBlock;
-            for (int b = 0; b < n; ++b) acc[b] += q[b];
-        }
+        window_sum(sq, c, c_count, lrn.radius, n, acc);
         float* sc = s + c * kBlock;
         for (int b = 0; b < n; ++b) sc[b] = lrn.bias + lrn.alpha * acc[b];
         neg_pow(sc, pw + c * kBlock, n, lrn.beta);
@@ -171,13 +177,8 @@ void lrn_backward(const float* x, const float* dy, int64_t n_images, int64_t c_c
             for (int b = 0; b < n; ++b) tc[b] = dyc[b] * (xc[b] * p[b]) / sc[b];
         }
         for (int64_t j = 0; j < c_count; ++j) {
-            const int64_t lo = std::max<int64_t>(0, j - lrn.radius), hi = std::min<int64_t>(c_count - 1, j + lrn.radius);
             float acc[kBlock];
-            for (int b = 0; b < n; ++b) acc[b] = 0.0f;
-            for (int64_t c = lo; c <= hi; ++c) {
-                const float* tc = t + c * kBlock;
-                for (int b = 0; b < n; ++b) acc[b] += tc[b];
-            }
+            window_sum(t, j, c_count, lrn.radius, n, acc);
             const float *xj = xi + j * plane + p0, *dyj = dyi + j * plane + p0, *p = pw + j * kBlock;
             float* dxj = dx + i * image + j * plane + p0;
             for (int b = 0; b < n; ++b) dxj[b] = dyj[b] * p[b] - k * xj[b] * acc[b];
