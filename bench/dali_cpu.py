@@ -17,16 +17,15 @@ import io
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import timed  # bench/ is sys.path[0] when run as a script
 from PIL import Image
 
 import iqals_fast as iq
@@ -64,17 +63,6 @@ def read_archive(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, 
     x = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for c in classes for _, b in raw[c]])
     y = np.repeat(np.arange(len(classes)), [len(raw[c]) for c in classes])
     return x, y, raw
-
-
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(best, median) seconds over ``repeats`` calls after one warm-up call."""
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts), statistics.median(ts)
 
 
 def main() -> None:

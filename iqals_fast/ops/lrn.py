@@ -12,7 +12,8 @@ Backends, chosen at the one dispatch point (op ``"lrn"``):
 - ``cpu``: the C++ kernels of ``csrc/lrn.cpp`` (forward, and a backward that recomputes the window
   sums), wrapped as the custom ops ``iqals_fast::lrn`` / ``iqals_fast::lrn_backward`` so autograd
   and ``torch.compile`` (no graph break) both use them. About 15x faster than the composite,
-  forward plus backward, on a 100 x 64 x 16 x 16 batch (``bench/pipeline_cpu.py``).
+  forward plus backward, on a 100 x 64 x 16 x 16 batch (``bench/pipeline_cpu.py``, results in
+  ``bench/results/pipeline-cpu-*.md``).
 
 ``lrn_reference`` is the formula written out, for tests.
 """
