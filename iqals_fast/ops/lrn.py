@@ -11,7 +11,7 @@ Backends, chosen at the one dispatch point (op ``"lrn"``):
   reference, and the path on CUDA, where ``torch.compile`` fuses it into one generated kernel.
 - ``cpu``: the C++ kernels of ``csrc/lrn.cpp`` (forward, and a backward that recomputes the window
   sums), wrapped as the custom ops ``iqals_fast::lrn`` / ``iqals_fast::lrn_backward`` so autograd
-  and ``torch.compile`` (no graph break) both use them. About 15x faster than the composite,
+  and ``torch.compile`` (no graph break) both use them. About 9-10x faster than the composite,
   forward plus backward, on a 100 x 64 x 16 x 16 batch (``bench/pipeline_cpu.py``, results in
   ``bench/results/pipeline-cpu-*.md``).
 
