@@ -33,7 +33,7 @@ import torch
 from .data.sources import atomic_write_bytes, load
 from .model import PaperCNN
 from .ops import dispatch
-from .train import TrainConfig, make_optimizer, make_step, train, versions
+from .train import TrainConfig, check_device, make_optimizer, make_step, train, versions
 
 BASELINE = "eager, plain PyTorch"
 
@@ -110,7 +110,7 @@ def pipeline(data: str, device: torch.device, *, n: int, epochs: int) -> dict:
 
 def run_bench(data: str = "synthetic", device: str = "cpu", *, n: int = 5000, epochs: int = 3, steps: int = 20,
               rounds: int = 5, out: str | Path | None = None, pipeline_run: bool = True) -> dict:
-    dev = torch.device(device)
+    dev = check_device(device)
     ds = load(data)
     res = {"device": _device_name(dev), "threads": torch.get_num_threads(), "data": ds.source, "versions": versions(),
            "batch": 100, "default": default_variant(dev),

@@ -135,6 +135,10 @@ def main(argv=None) -> int:
 
 
 def _run(args, argv=None) -> int:
+    if getattr(args, "device", None) is not None:  # every command that takes --device: one clear error
+        from .train import check_device
+
+        check_device(args.device)
     if args.command == "train":
         from .train import TrainConfig, train
 

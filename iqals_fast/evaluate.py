@@ -37,7 +37,7 @@ from .data.sources import Dataset, atomic_write_bytes, load
 from .metrics import classification_metrics, spearman
 from .model import standardize
 from .ops.api import distort_and_score
-from .train import load_model, versions
+from .train import check_device, load_model, versions
 
 TEST_NOISE_SEED = 20180910
 TEST_SETS: tuple[tuple[str, int], ...] = (("pristine", 0),) + tuple((k, lvl) for k in KINDS for lvl in (1, 2, 3))
@@ -140,6 +140,7 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
     """
     if suite not in SUITES:
         raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
+    check_device(device)
     run = Path(run)
     t0 = time.perf_counter()
     model, cfg = load_model(run, device)

@@ -38,6 +38,17 @@ class RunError(ValueError):
     """A run directory or its options cannot be used as asked."""
 
 
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device, or a ValueError naming it when this machine cannot allocate on it
+    (no CUDA build, no GPU, a bad index or name): the one check train, eval and bench share."""
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(f"--device {str(device)!r} is not usable here: {e}") from None
+    return dev
+
+
 @dataclass
 class TrainConfig:
     strategy: int = 9
@@ -76,10 +87,7 @@ class TrainConfig:
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed must lie in [0, 2**32), got {self.seed}")
         self.protocol()
-        try:
-            torch.empty(0, device=self.device)
-        except (RuntimeError, AssertionError) as e:
-            raise ValueError(f"--device {self.device!r} is not usable here: {e}") from None
+        check_device(self.device)
 
     def protocol(self):
         return PAPER.scaled(self.epochs, self.train_subset, self.lr_step_epochs)

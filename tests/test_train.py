@@ -111,6 +111,18 @@ def test_cli_argument_errors(argv, msg, capsys):
     assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["train", "--data", "synthetic"], ["eval", "some-run"], ["figures", "some-run"],
+                                     ["bench", "--data", "synthetic"], ["reproduce", "--protocol", "small"]])
+def test_cli_unusable_device_is_one_clear_error(command, tmp_path, capsys):
+    argv = command + ["--device", "nodevice"]
+    if command[0] in ("train", "bench", "figures", "reproduce"):
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"iqals-fast {command[0]}: error: --device 'nodevice' is not usable here" in err
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
 def test_cli_data_errors(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "missing.tar.gz"), "--out", str(tmp_path / "r")]) == 2
     assert "missing.tar.gz' not found" in capsys.readouterr().err
