@@ -45,16 +45,17 @@ if ! step install 200 "$PY" -m pip install --no-build-isolation --no-deps -e .; 
 fi
 "$PY" -c "import iqals_fast, iqals_fast.ops.triton_backend as t; import iqals_fast.kernels as k; print('iqals_fast', iqals_fast.__file__, 'kernels', k.__file__, 'triton registered:', hasattr(t, 'supports'))"
 
-# 3. parity tests of the Triton kernels on the GPU (both dot precisions)
-step tests_triton 180 "$PY" -m pytest tests/test_triton_backend.py --device cuda -q -p no:cacheprovider -rs
-
-# 4. the benchmark (writes the JSON into $OUTDIR)
+# 3. the benchmark (writes the JSON into $OUTDIR; it checks the fused kernel's parity on all 50,000
+#    images too). Measurements first: the Triton test file's JIT compiles took 180+ s on an H200.
 step bench 240 "$PY" bench/gpu_bench.py --device cuda --n 50000 --out "$OUTDIR"
 
-# 5. training throughput (issue 5): eager vs compiled (CUDA graphs) model-only steps at batch 100, and
+# 4. training throughput (issue 5): eager vs compiled (CUDA graphs) model-only steps at batch 100, and
 #    the full strategy-9 pipeline (real train(): data, distortions, SSIM, steps, checkpoints)
 step train_bench 200 "$PY" -m iqals_fast bench --device cuda --data "$IQALS_CIFAR_JPEG" -n 50000 --epochs 3 \
   --steps 50 --rounds 5 --out "$OUTDIR/train-bench.json"
+
+# 5. parity tests of the Triton kernels on the GPU (both dot precisions)
+step tests_triton 180 "$PY" -m pytest tests/test_triton_backend.py --device cuda -q -p no:cacheprovider -rs
 
 # 5b. the CLI end to end on the GPU: train (compiled), then evaluation through the GPU backends
 step train_gpu 100 bash -c "'$PY' -m iqals_fast train --strategy 9 --data '$IQALS_CIFAR_JPEG' --epochs 2 \
