@@ -17,7 +17,7 @@ Steps (each guarded: one failing step records its error and the others still run
            "dispatched": each step called from Python (autograd.grad included) - what an eager
            training loop pays, dominated by host overhead at small B; "graphed": forward + backward
            captured once in a CUDA graph and replayed - what a graphed training step pays (the
-           kernels, not Python), once with one step per replay (each replay's launch, ~10 us, is
+           kernels, not Python), once with one step per replay (each replay's launch cost is
            included) and once "amortized" with --graph-steps steps per replay (the kernels' time
            per step, as inside a larger graphed training step). Triton (autograd.Function; the
            torch.library custom op when dispatched) vs eager PyTorch autograd of the reference.
