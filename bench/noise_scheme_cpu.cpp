@@ -122,13 +122,16 @@ __attribute__((noinline)) void run_cur_philox(uint32_t* out) {
         }
     }
 }
-__attribute__((noinline)) void run_new_normals(float* out) {
+// Every image's values through one candidate block function (4L normals of L counters per call).
+template <void (*Block)(uint32_t, const PhiloxKey&, float*)>
+inline void run_candidate(float* out) {
     for (int img = 0; img < NIMG; ++img) {
         const PhiloxKey key = philox_key(uint32_t(img), SEED);
         float* o = out + size_t(img) * IMG;
-        for (int i = 0; i < IMG; i += 4 * L) normals_block4(uint32_t(i / 4), key, o + i);
+        for (int i = 0; i < IMG; i += 4 * L) Block(uint32_t(i / 4), key, o + i);
     }
 }
+__attribute__((noinline)) void run_new_normals(float* out) { run_candidate<normals_block4>(out); }
 __attribute__((noinline)) void run_new_philox(uint32_t* out) {
     for (int img = 0; img < NIMG; ++img) {
         const PhiloxKey key = philox_key(uint32_t(img), SEED);
@@ -171,13 +174,7 @@ inline void normals_block4_interleaved(uint32_t first, const PhiloxKey& key, flo
     S::store(out + 2 * L, (S::F)__builtin_shufflevector(abhi, cdhi, ILO64));
     S::store(out + 3 * L, (S::F)__builtin_shufflevector(abhi, cdhi, IHI64));
 }
-__attribute__((noinline)) void run_new_normals_il(float* out) {
-    for (int img = 0; img < NIMG; ++img) {
-        const PhiloxKey key = philox_key(uint32_t(img), SEED);
-        float* o = out + size_t(img) * IMG;
-        for (int i = 0; i < IMG; i += 4 * L) normals_block4_interleaved(uint32_t(i / 4), key, o + i);
-    }
-}
+__attribute__((noinline)) void run_new_normals_il(float* out) { run_candidate<normals_block4_interleaved>(out); }
 
 // ---------- scalar reference ----------
 static void philox_ref(uint32_t ctr[4], uint32_t k0, uint32_t k1) {
