@@ -45,6 +45,19 @@ channel loop is a loop (not unrolled) so one channel's planes are live at a time
 held twelve float32 matrices and unrolled the channels: 255 registers and 1.6 KB of spills per
 thread on sm_90, which is what made the fused kernel four times slower than score-only.)
 
+Warps. Triton lays out a dot's warps by a heuristic: when a dot's result feeds another dot (a
+chain, as here: every product feeds the next), it puts all warps along the rows. A 32-row tile has
+only two 16-row MMA blocks, so with 4 warps each block is computed twice (warps 2 and 3 repeat warps 0
+and 1), and so is every elementwise step in that layout; 8 warps compute it four times. The SASS shows
+it (``python bench/sass_stats.py``: sm_90, triton 3.9): the fused kernel issues 216 MMAs per channel
+and warp where 108 suffice, and needs 242 registers (288 bytes of spills at the 168 cap).
+``ISOLATE_DOTS`` puts each dot alone in a loop of one trip whose count is a runtime argument (so no
+compiler pass folds it): the heuristic looks for chained dots within one region only, so it then
+splits 4 warps 2 x 2 (8 warps 2 x 4), no block is repeated, and the fused kernel fits 164 registers
+without spills (108 at 8 warps). It costs a loop branch per dot and more barriers (layout changes
+between dots now cross warps). Which configuration is faster is measured on the GPU
+(bench/gpu_bench.py's CANDIDATES); the defaults below are the fastest measured so far.
+
 Tiling. Images up to 32 x 32 are one tile (16 or 32 padded, masks for the rest); larger ones are cut
 into 32 x 32 distorted tiles that overlap by the SSIM window minus one (10 pixels), each reading a
 pristine tile with a halo of R (the blur radius) padded to a power of two. A tile writes only the
@@ -105,49 +118,76 @@ def _prep(m, scale, DOT: tl.constexpr):
 
 
 @triton.jit
-def _dot_xm(x, m_hi, m_lo, inv_scale, DOT: tl.constexpr, X_EXACT: tl.constexpr):
-    """x @ m for a constant matrix m given as its split; X_EXACT: x is exact in fp16 / TF32."""
-    if DOT == 0:
-        if X_EXACT:
-            xh = x.to(tl.float16)
-            acc = tl.dot(xh, m_lo)
-            acc = tl.dot(xh, m_hi, acc)
-        else:
-            x_hi, x_lo = _split_f16(x)
-            acc = tl.dot(x_lo, m_hi)
-            acc = tl.dot(x_hi, m_lo, acc)
-            acc = tl.dot(x_hi, m_hi, acc)
-        acc = acc * inv_scale
-    elif DOT == 1:
-        if X_EXACT:
-            acc = tl.dot(x, m_lo, input_precision="tf32")
-            acc = tl.dot(x, m_hi, acc, input_precision="tf32")
-        else:
-            x_hi, x_lo = _split_tf32(x)
-            acc = tl.dot(x_lo, m_hi, input_precision="tf32")
-            acc = tl.dot(x_hi, m_lo, acc, input_precision="tf32")
-            acc = tl.dot(x_hi, m_hi, acc, input_precision="tf32")
+def _dot(a, b, acc, DOT: tl.constexpr):
+    """acc + a @ b: TF32 inputs (DOT 1), IEEE float32 (DOT 2), fp16 inputs (DOT 0)."""
+    if DOT == 1:
+        acc = tl.dot(a, b, acc, input_precision="tf32")
+    elif DOT == 2:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
     else:
-        acc = tl.dot(x, m_hi, input_precision="ieee")
+        acc = tl.dot(a, b, acc)
     return acc
 
 
 @triton.jit
-def _dot_mx(m_hi, m_lo, inv_scale, x, DOT: tl.constexpr):
+def _mma(a, b, acc, one, DOT: tl.constexpr, ISOLATE: tl.constexpr):
+    """acc + a @ b; ISOLATE: the dot alone in a loop of ``one`` (a runtime 1) trip, which the compiler
+    does not see as part of a chain of dots, so it splits the warps over both output dimensions
+    (see "Warps" in the module docstring)."""
+    if ISOLATE:
+        for _ in range(tl.minimum(one, 1)):
+            acc = _dot(a, b, acc, DOT)
+    else:
+        acc = _dot(a, b, acc, DOT)
+    return acc
+
+
+@triton.jit
+def _dot_xm(x, m_hi, m_lo, inv_scale, one, DOT: tl.constexpr, X_EXACT: tl.constexpr, ISOLATE: tl.constexpr):
+    """x @ m for a constant matrix m given as its split; X_EXACT: x is exact in fp16 / TF32."""
+    acc = tl.zeros((x.shape[0], m_hi.shape[1]), dtype=tl.float32)
+    if DOT == 0:
+        if X_EXACT:
+            xh = x.to(tl.float16)
+            acc = _mma(xh, m_lo, acc, one, DOT, ISOLATE)
+            acc = _mma(xh, m_hi, acc, one, DOT, ISOLATE)
+        else:
+            x_hi, x_lo = _split_f16(x)
+            acc = _mma(x_lo, m_hi, acc, one, DOT, ISOLATE)
+            acc = _mma(x_hi, m_lo, acc, one, DOT, ISOLATE)
+            acc = _mma(x_hi, m_hi, acc, one, DOT, ISOLATE)
+        acc = acc * inv_scale
+    elif DOT == 1:
+        if X_EXACT:
+            acc = _mma(x, m_lo, acc, one, DOT, ISOLATE)
+            acc = _mma(x, m_hi, acc, one, DOT, ISOLATE)
+        else:
+            x_hi, x_lo = _split_tf32(x)
+            acc = _mma(x_lo, m_hi, acc, one, DOT, ISOLATE)
+            acc = _mma(x_hi, m_lo, acc, one, DOT, ISOLATE)
+            acc = _mma(x_hi, m_hi, acc, one, DOT, ISOLATE)
+    else:
+        acc = _mma(x, m_hi, acc, one, DOT, ISOLATE)
+    return acc
+
+
+@triton.jit
+def _dot_mx(m_hi, m_lo, inv_scale, x, one, DOT: tl.constexpr, ISOLATE: tl.constexpr):
     """m @ x for a constant matrix m given as its split, x any float32 (|x| < 2**15 for fp16)."""
+    acc = tl.zeros((m_hi.shape[0], x.shape[1]), dtype=tl.float32)
     if DOT == 0:
         x_hi, x_lo = _split_f16(x)
-        acc = tl.dot(m_lo, x_hi)
-        acc = tl.dot(m_hi, x_lo, acc)
-        acc = tl.dot(m_hi, x_hi, acc)
+        acc = _mma(m_lo, x_hi, acc, one, DOT, ISOLATE)
+        acc = _mma(m_hi, x_lo, acc, one, DOT, ISOLATE)
+        acc = _mma(m_hi, x_hi, acc, one, DOT, ISOLATE)
         acc = acc * inv_scale
     elif DOT == 1:
         x_hi, x_lo = _split_tf32(x)
-        acc = tl.dot(m_lo, x_hi, input_precision="tf32")
-        acc = tl.dot(m_hi, x_lo, acc, input_precision="tf32")
-        acc = tl.dot(m_hi, x_hi, acc, input_precision="tf32")
+        acc = _mma(m_lo, x_hi, acc, one, DOT, ISOLATE)
+        acc = _mma(m_hi, x_lo, acc, one, DOT, ISOLATE)
+        acc = _mma(m_hi, x_hi, acc, one, DOT, ISOLATE)
     else:
-        acc = tl.dot(m_hi, x, input_precision="ieee")
+        acc = _mma(m_hi, x, acc, one, DOT, ISOLATE)
     return acc
 
 
@@ -180,10 +220,11 @@ def _window_matrix(taps_ptr, WIN: tl.constexpr, P: tl.constexpr, TRANSPOSE: tl.c
 
 
 @triton.jit
-def _window(f, br_hi, br_lo, bct_hi, bct_lo, inv_scale, DOT: tl.constexpr, EXACT: tl.constexpr):
+def _window(f, br_hi, br_lo, bct_hi, bct_lo, inv_scale, one, DOT: tl.constexpr, EXACT: tl.constexpr,
+            ISOLATE: tl.constexpr):
     """B_r f B_c^T: the Gaussian-weighted mean of f over every valid 11 x 11 window of the tile."""
-    g = _dot_xm(f, bct_hi, bct_lo, inv_scale, DOT, EXACT)
-    return _dot_mx(br_hi, br_lo, inv_scale, g, DOT)
+    g = _dot_xm(f, bct_hi, bct_lo, inv_scale, one, DOT, EXACT, ISOLATE)
+    return _dot_mx(br_hi, br_lo, inv_scale, g, one, DOT, ISOLATE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,14 +232,14 @@ def _window(f, br_hi, br_lo, bct_hi, bct_lo, inv_scale, DOT: tl.constexpr, EXACT
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["N", "H", "W", "seed", "noise_scale", "n_tiles_h", "n_tiles_w", "R"])
+@triton.jit(do_not_specialize=["N", "H", "W", "seed", "noise_scale", "n_tiles_h", "n_tiles_w", "R", "one"])
 def distort_ssim_kernel(
     x_ptr, y_ptr, out_ptr, ids_ptr, blur_taps_ptr, win_taps_ptr, score_ptr,
-    N, H, W, seed, noise_scale, n_tiles_h, n_tiles_w, c1, c2, blur_scale, win_scale, R,
+    N, H, W, seed, noise_scale, n_tiles_h, n_tiles_w, c1, c2, blur_scale, win_scale, R, one,
     BLUR: tl.constexpr, NOISE: tl.constexpr, SCORE: tl.constexpr, READ_Y: tl.constexpr, WIN: tl.constexpr,
     PDH: tl.constexpr, PDW: tl.constexpr, PIH: tl.constexpr, PIW: tl.constexpr,
     TSH: tl.constexpr, TSW: tl.constexpr, SAME_TILE: tl.constexpr, SINGLE_TILE: tl.constexpr,
-    DOT: tl.constexpr,
+    DOT: tl.constexpr, ISOLATE: tl.constexpr,
 ):
     # -- Stage 0: which tile, which pixels. Distorted tile rows [r0, r0 + PDH), pristine [p0, p0 + PIH).
     pid_n = tl.program_id(0)
@@ -260,8 +301,8 @@ def distort_ssim_kernel(
                 x = tl.load(x_ptr + base + pix_i + c, mask=i_in, other=0).to(tl.float32)
                 # -- Stage 3: blur = A_r X A_c^T (x is integer-valued: exact in fp16 and TF32)
                 if BLUR:
-                    t = _dot_xm(x, a_ct_hi, a_ct_lo, inv_blur, DOT, True)  # PIH x PDW
-                    d = _dot_mx(a_r_hi, a_r_lo, inv_blur, t, DOT)  # PDH x PDW
+                    t = _dot_xm(x, a_ct_hi, a_ct_lo, inv_blur, one, DOT, True, ISOLATE)  # PIH x PDW
+                    d = _dot_mx(a_r_hi, a_r_lo, inv_blur, t, one, DOT, ISOLATE)  # PDH x PDW
                 else:
                     d = x
                 # -- Stage 4: white noise, the documented Philox scheme
@@ -280,12 +321,13 @@ def distort_ssim_kernel(
                 # -- Stage 6: the five windowed moments of the shifted planes, then the SSIM map
                 xs = xd - 127.5
                 ys = d - 127.5
-                mx = _window(xs, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, True)
-                my = _window(ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, True)
+                mx = _window(xs, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, one, DOT, True, ISOLATE)
+                my = _window(ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, one, DOT, True, ISOLATE)
                 # the formula needs vx + vy only, and windowing is linear: one moment of xs^2 + ys^2
                 # (quarter integers below 2**15: still exact as fp16 hi + lo) instead of two
-                mss = _window(xs * xs + ys * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, False)
-                mxy = _window(xs * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, DOT, False)
+                mss = _window(xs * xs + ys * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, one, DOT, False,
+                              ISOLATE)
+                mxy = _window(xs * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, one, DOT, False, ISOLATE)
                 vsum = mss - mx * mx - my * my  # vx + vy
                 vxy = mxy - mx * my
                 ux = mx + 127.5
@@ -319,6 +361,9 @@ NUM_WARPS = 4
 MAXNREG = 168
 """Register cap per thread (None: ptxas decides, about 250 at 4 warps). 168 lets three programs share
 an SM, which measured fastest on H200 (see PROGRAMS_PER_SM)."""
+ISOLATE_DOTS = False
+"""Isolate each dot from the chain (see "Warps" in the module docstring). Off: the configuration
+measured on H200 (PROGRAMS_PER_SM); on is a candidate that bench/gpu_bench.py times beside it."""
 F16_MIN_PART = 0.25
 """fp16 scaling: the smallest nonzero tap times 2**s is at least this, so its lo part (~2**-12 of it)
 is a normal fp16 number (>= 2**-14)."""
@@ -365,13 +410,15 @@ def distort_ssim(images: torch.Tensor, sigma: float | None = None, noise_std: fl
                  seed: int = 0, ids: torch.Tensor | None = None, score: bool = True,
                  distorted: torch.Tensor | None = None, dot: str | None = None,
                  programs_per_sm: int | None = None, num_warps: int | None = None,
-                 maxnreg: int | None = None):
+                 maxnreg: int | None = None, isolate_dots: bool | None = None):
     """Blur (sigma) and/or add noise (noise_std on the [0, 1] scale), round, and score against ``images``.
 
     images: uint8 N x H x W x 3 (H, W >= 8; >= 11 to score). ids: int64 N (noise key per image).
     ``distorted`` given (and sigma = noise_std = None): only score it against ``images``.
-    dot, programs_per_sm, num_warps, maxnreg: the kernel's configuration (defaults: DEFAULT_DOT,
-    PROGRAMS_PER_SM, NUM_WARPS, MAXNREG); dot in DOT_MODES; maxnreg caps registers per thread (CUDA).
+    dot, programs_per_sm, num_warps, maxnreg, isolate_dots: the kernel's configuration (defaults:
+    DEFAULT_DOT, PROGRAMS_PER_SM, NUM_WARPS, MAXNREG, ISOLATE_DOTS); dot in DOT_MODES; maxnreg caps
+    registers per thread (CUDA). Configurations spread the same arithmetic differently over warps; the
+    SSIM map's sum follows the warps' layout, so scores may differ in float rounding between them.
     Returns (uint8 distorted images or None when ``distorted`` was given, float32 N scores or None).
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -419,11 +466,11 @@ def distort_ssim(images: torch.Tensor, sigma: float | None = None, noise_std: fl
     distort_ssim_kernel[(nprog, n_tiles)](
         x, y, out, ids_t, blur_taps, win_taps, scores if score else blur_taps,
         n, h, w, int(seed), 255.0 * float(noise_std) if noise else 0.0, nth, ntw,
-        (SSIM.k1 * 255.0) ** 2, (SSIM.k2 * 255.0) ** 2, blur_scale, win_scale, radius,
+        (SSIM.k1 * 255.0) ** 2, (SSIM.k2 * 255.0) ** 2, blur_scale, win_scale, radius, 1,
         BLUR=blur, NOISE=noise, SCORE=score, READ_Y=read_y, WIN=SSIM.win,
         PDH=pdh, PDW=pdw, PIH=pih, PIW=piw, TSH=tsh, TSW=tsw,
         SAME_TILE=(pih == pdh and piw == pdw), SINGLE_TILE=(n_tiles == 1),
-        DOT=DOT_MODES[dot],
+        DOT=DOT_MODES[dot], ISOLATE=bool(ISOLATE_DOTS if isolate_dots is None else isolate_dots),
         num_warps=NUM_WARPS if num_warps is None else int(num_warps),
         **({} if regs is None or dev.type != "cuda" else {"maxnreg": int(regs)}),
     )

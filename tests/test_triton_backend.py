@@ -241,6 +241,30 @@ def test_distort_strided_input_and_empty_batch(gen, device):
     assert e_out.shape == (0, 20, 24, 3) and e_s.shape == (0,)
 
 
+KERNEL_CONFIGS = [dict(isolate_dots=True), dict(isolate_dots=True, num_warps=8, maxnreg=128),
+                  dict(num_warps=2, maxnreg=None)]
+"""The candidate configurations bench/gpu_bench.py times beside the default (see kds' "Warps")."""
+
+
+@pytest.mark.parametrize("cfg", KERNEL_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_kernel_configurations_vs_torch(gen, device, cfg):
+    """Each configuration computes what the default does: the torch backend's bytes and its SSIM of them,
+    single tile (32 x 32) and tiles with halos (33 x 47; not on CUDA, where each one compiles anew),
+    fused and score-only."""
+    for h, w in ((32, 32),) + (((33, 47),) if INTERPRET else ()):
+        x = torch.from_numpy(gen(3, h, w, seed=h + w)).to(device)
+        ids = torch.tensor([3, 1, 4], device=device)
+        out, s = kds.distort_ssim(x, 1.0, 0.1, 77, ids, True, **cfg)
+        r_out, _ = ref.distort_score(x, 1.0, 0.01, 77, ids, False)
+        _bytes_agree(out, r_out)
+        torch.testing.assert_close(s.cpu(), ref.ssim(x, out).cpu(), rtol=0, atol=1e-5)
+        d_out, d_s = kds.distort_ssim(x, 1.0, 0.1, 77, ids, True)  # the default configuration
+        if INTERPRET:  # the same arithmetic in numpy: identical; on a GPU the SSIM sum's order may differ
+            assert torch.equal(out, d_out) and torch.equal(s, d_s)
+        torch.testing.assert_close(kds.distort_ssim(x, distorted=r_out, **cfg)[1].cpu(), ref.ssim(x, r_out).cpu(),
+                                   rtol=0, atol=1e-5)
+
+
 def test_launcher_rejects_bad_input(device):
     with pytest.raises(ValueError, match="uint8"):
         kds.distort_ssim(torch.zeros(1, 16, 16, 3, device=device))

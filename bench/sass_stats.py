@@ -1,0 +1,183 @@
+"""Static profile of the fused Triton kernel, compiled for a GPU this machine need not have.
+
+Triton compiles ahead of time for any CUDA target (its wheel ships ptxas, cuobjdump and nvdisasm),
+so the machine code of the fused distort + SSIM kernel can be inspected without a GPU:
+
+    python bench/sass_stats.py                       # sm_90 (H100 / H200), every preset, every config
+    python bench/sass_stats.py --arch 90 --preset fused --write   # also bench/results/sass-*.md
+
+For each (preset, configuration) it reports what ptxas allocated (registers per thread, stack bytes:
+spilled registers live there) and the instruction mix of the SASS: tensor-core MMAs, shared-memory
+traffic (layout conversions between the dots), barriers, local-memory spill loads and stores,
+special-function (MUFU) ops, and the total. These are static counts of the code, not run times: they
+say where registers spill and how much work a configuration issues, and they guide which candidates
+are worth a GPU's time (bench/gpu_bench.py measures those). Note the toolchain: the counts come from
+the Triton installed here, which may differ from the GPU machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PRESETS = {
+    # name: the kernel's mode constexprs for one 32 x 32 image per tile (CIFAR-10)
+    "fused": dict(BLUR=True, NOISE=True, SCORE=True, READ_Y=False),
+    "blur_ssim": dict(BLUR=True, NOISE=False, SCORE=True, READ_Y=False),
+    "noise_ssim": dict(BLUR=False, NOISE=True, SCORE=True, READ_Y=False),
+    "score_only": dict(BLUR=False, NOISE=False, SCORE=True, READ_Y=True),
+    "distort_only": dict(BLUR=True, NOISE=True, SCORE=False, READ_Y=False),
+}
+
+CONFIGS = {
+    # name: launch options (num_warps, maxnreg: None = uncapped) and constexprs (ISOLATE) of the kernel
+    "default": {},
+    "w4": dict(num_warps=4, maxnreg=None),
+    "w2": dict(num_warps=2, maxnreg=None),
+    "w8": dict(num_warps=8, maxnreg=None),
+    "iso_w4_r168": dict(ISOLATE=True, num_warps=4, maxnreg=168),
+    "iso_w4_r128": dict(ISOLATE=True, num_warps=4, maxnreg=128),
+    "iso_w4": dict(ISOLATE=True, num_warps=4, maxnreg=None),
+    "iso_w8_r128": dict(ISOLATE=True, num_warps=8, maxnreg=128),
+    "iso_w8_r80": dict(ISOLATE=True, num_warps=8, maxnreg=80),
+}
+
+OPCLASSES = {
+    "mma": ("HMMA", "HGMMA", "IMMA"),
+    "shared_ld": ("LDS", "LDSM"),
+    "shared_st": ("STS", "STSM"),
+    "barrier": ("BAR",),
+    "spill_ld": ("LDL",),
+    "spill_st": ("STL",),
+    "global": ("LDG", "STG"),
+    "mufu": ("MUFU",),
+    "int_mul": ("IMAD",),
+}
+
+
+def _bin(name: str) -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+def compile_kernel(mode: dict, config: dict, arch: int):
+    """Compile distort_ssim_kernel for sm_<arch> with the 32 x 32 single-tile constexprs; the cubin."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels import distort_ssim as kds
+
+    k = kds.distort_ssim_kernel
+    sig = dict(x_ptr="*u8", y_ptr="*u8", out_ptr="*u8", ids_ptr="*i64", blur_taps_ptr="*fp32",
+               win_taps_ptr="*fp32", score_ptr="*fp32", N="i32", H="i32", W="i32", seed="i64",
+               noise_scale="fp32", n_tiles_h="i32", n_tiles_w="i32", c1="fp32", c2="fp32",
+               blur_scale="fp32", win_scale="fp32", R="i32", one="i32")
+    extra = {k_: v for k_, v in config.items() if k_.isupper()}
+    const = dict(WIN=11, PDH=32, PDW=32, PIH=32, PIW=32, TSH=32, TSW=32, SAME_TILE=True, SINGLE_TILE=True,
+                 DOT=kds.DOT_MODES[kds.DEFAULT_DOT], ISOLATE=kds.ISOLATE_DOTS, **mode)
+    const.update(extra)
+    missing = [a for a in k.arg_names if a not in sig and a not in const]
+    if missing:
+        raise SystemExit(f"sass_stats.py does not know the kernel arguments {missing}: update its signature")
+    for name in const:
+        sig[name] = "constexpr"
+    src = ASTSource(fn=k, signature=sig, constexprs={(k.arg_names.index(n),): v for n, v in const.items()})
+    maxnreg = config["maxnreg"] if "maxnreg" in config else kds.MAXNREG
+    opts = dict(num_warps=config.get("num_warps", kds.NUM_WARPS))
+    if maxnreg is not None:
+        opts["maxnreg"] = int(maxnreg)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+
+
+def mma_warps(ttgir: str) -> str:
+    """The warps layouts of the kernel's MMA encodings, e.g. "[4, 1]" or "[2, 2]"."""
+    found = sorted(set(re.findall(r"nvidia_mma<\{[^}]*warpsPerCTA = (\[[0-9, ]*\])", ttgir)))
+    return " ".join(found)
+
+
+def sass_profile(cubin: bytes) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        Path(path).write_bytes(cubin)
+        usage = subprocess.run([_bin("cuobjdump"), "--dump-resource-usage", path], check=True,
+                               capture_output=True, text=True).stdout
+        sass = subprocess.run([_bin("nvdisasm"), "-c", path], check=True, capture_output=True, text=True).stdout
+    res = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
+    ops = collections.Counter()
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)", line)
+        if m:
+            ops[m.group(1)] += 1
+    out = {"registers": res.get("REG"), "stack_bytes": res.get("STACK"), "shared_bytes": res.get("SHARED"),
+           "instructions": sum(ops.values())}
+    for cls, names in OPCLASSES.items():
+        out[cls] = sum(ops[n] for n in names)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100/H200)")
+    p.add_argument("--preset", action="append", choices=sorted(PRESETS), help="modes (default: all)")
+    p.add_argument("--config", action="append", choices=sorted(CONFIGS), help="configurations (default: all)")
+    p.add_argument("--write", action="store_true", help="write bench/results/sass-sm<arch>.{json,md}")
+    args = p.parse_args(argv)
+    import triton
+
+    from kernels import distort_ssim as kds
+
+    rows = []
+    for preset in args.preset or list(PRESETS):
+        for cname in args.config or list(CONFIGS):
+            t0 = time.perf_counter()
+            ck = compile_kernel(PRESETS[preset], CONFIGS[cname], args.arch)
+            prof = sass_profile(ck.asm["cubin"])
+            nw = CONFIGS[cname].get("num_warps", kds.NUM_WARPS)
+            regs = prof["registers"]
+            rows.append({"preset": preset, "config": cname, "num_warps": nw, "mma_warps": mma_warps(ck.asm["ttgir"]),
+                         **prof, "programs_per_sm": 65536 // (32 * nw * (-(-regs // 8) * 8)),
+                         "warp_instructions": nw * prof["instructions"],
+                         "compile_s": round(time.perf_counter() - t0, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    cols = ["num_warps", "mma_warps", "registers", "stack_bytes", "programs_per_sm", "instructions",
+            "warp_instructions", "mma", "shared_ld", "shared_st", "barrier", "spill_ld", "spill_st", "mufu",
+            "int_mul"]
+    lines = [f"# Static SASS profile of the fused kernel, sm_{args.arch}",
+             "",
+             f"`python bench/sass_stats.py --arch {args.arch}`: triton {triton.__version__} compiling ahead of "
+             f"time on {platform.machine()} (no GPU), 32 x 32 images, one tile. Defaults: dot={kds.DEFAULT_DOT}, "
+             f"num_warps={kds.NUM_WARPS}, maxnreg={kds.MAXNREG}. Counts are instructions in the code (static), "
+             "not executed; stack bytes hold spilled registers. instructions: the kernel's code, which each "
+             "warp runs (the channel loop's body once per channel); warp_instructions: times the warps of a "
+             "program; programs_per_sm: how many fit "
+             "the 65,536 registers of an SM; mma_warps: how the MMA layouts spread the warps (rows, columns).",
+             "",
+             "| preset | config | " + " | ".join(cols) + " |",
+             "|---|---|" + "---:|" * len(cols)]
+    for r in rows:
+        lines.append(f"| {r['preset']} | {r['config']} | " + " | ".join(str(r[c]) for c in cols) + " |")
+    print("\n".join(lines))
+    if args.write:
+        out = ROOT / "bench" / "results" / f"sass-sm{args.arch}-triton{triton.__version__}"
+        out.with_suffix(".json").write_text(json.dumps({"triton": triton.__version__, "arch": args.arch,
+                                                        "rows": rows}, indent=1) + "\n")
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print("wrote", out.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()
