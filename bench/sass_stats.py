@@ -73,14 +73,32 @@ def _bin(name: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
+def kernel_module():
+    """kernels/distort_ssim.py of this checkout, loaded under a private name: its @triton.jit kernel is
+    defined now, compiled (not interpreted) whatever TRITON_INTERPRET was when iqals_fast.kernels loaded."""
+    import importlib.util
+
+    name = "_iqals_sass_distort_ssim"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "kernels" / "distort_ssim.py")
+        mod = importlib.util.module_from_spec(spec)
+        saved = os.environ.pop("TRITON_INTERPRET", None)
+        try:
+            spec.loader.exec_module(mod)
+        finally:
+            if saved is not None:
+                os.environ["TRITON_INTERPRET"] = saved
+        sys.modules[name] = mod
+    return sys.modules[name]
+
+
 def compile_kernel(mode: dict, config: dict, arch: int):
     """Compile distort_ssim_kernel for sm_<arch> with the 32 x 32 single-tile constexprs; the cubin."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels import distort_ssim as kds
-
+    kds = kernel_module()
     k = kds.distort_ssim_kernel
     sig = dict(x_ptr="*u8", y_ptr="*u8", out_ptr="*u8", ids_ptr="*i64", blur_taps_ptr="*fp32",
                win_taps_ptr="*fp32", score_ptr="*fp32", N="i32", H="i32", W="i32", seed="i64",
@@ -138,8 +156,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     import triton
 
-    from kernels import distort_ssim as kds
-
+    kds = kernel_module()
     rows = []
     for preset in args.preset or list(PRESETS):
         for cname in args.config or list(CONFIGS):
