@@ -49,6 +49,10 @@ fi
 #    images too). Measurements first: the Triton test file's JIT compiles took 180+ s on an H200.
 step bench 240 "$PY" bench/gpu_bench.py --device cuda --n 50000 --out "$OUTDIR"
 
+# 3b. the fused kernel's machine code under this machine's Triton (registers, spills, MMAs per
+#     configuration), to read beside the timings above (the committed profile is another Triton's)
+step sass 60 "$PY" bench/sass_stats.py --preset fused --preset score_only
+
 # 4. training throughput (issue 5): eager vs compiled (CUDA graphs) model-only steps at batch 100, and
 #    the full strategy-9 pipeline (real train(): data, distortions, SSIM, steps, checkpoints)
 step train_bench 200 "$PY" -m iqals_fast bench --device cuda --data "$IQALS_CIFAR_JPEG" -n 50000 --epochs 3 \
