@@ -53,9 +53,11 @@ it (``python bench/sass_stats.py``: sm_90, triton 3.9): the fused kernel issues 
 and warp where 108 suffice, and needs 242 registers (288 bytes of spills at the 168 cap).
 ``ISOLATE_DOTS`` puts each dot alone in a loop of one trip whose count is a runtime argument (so no
 compiler pass folds it): the heuristic looks for chained dots within one region only, so it then
-splits 4 warps 2 x 2 (8 warps 2 x 4), no block is repeated, and the fused kernel fits 164 registers
-without spills (108 at 8 warps). It costs a loop branch per dot and more barriers (layout changes
-between dots now cross warps). Which configuration is faster is measured on the GPU
+splits 4 warps 2 x 2 (8 warps 2 x 4), no block is repeated: 108 MMAs per channel and warp, 32 bytes
+of spills at the 168 cap (none uncapped at 227 registers; none at 8 warps and 121 registers). The
+trip count is min(one, 1), so the compiler drops the loop (a bare runtime count was unrolled by ptxas,
+8 copies of every dot). It costs more barriers: layout changes between dots now cross warps (46 per
+channel, against 21). Which configuration is faster is measured on the GPU
 (bench/gpu_bench.py's CANDIDATES); the defaults below are the fastest measured so far.
 
 Tiling. Images up to 32 x 32 are one tile (16 or 32 padded, masks for the rest); larger ones are cut
