@@ -145,31 +145,33 @@ def _mma(a, b, acc, one, DOT: tl.constexpr, ISOLATE: tl.constexpr):
 
 
 @triton.jit
+def _split(x, DOT: tl.constexpr):
+    """x as the (hi, lo) pair of the dot's input type: fp16 (DOT 0) or TF32 (DOT 1)."""
+    if DOT == 0:
+        hi, lo = _split_f16(x)
+    else:
+        hi, lo = _split_tf32(x)
+    return hi, lo
+
+
+@triton.jit
 def _dot_xm(x, m_hi, m_lo, inv_scale, one, DOT: tl.constexpr, X_EXACT: tl.constexpr, ISOLATE: tl.constexpr):
     """x @ m for a constant matrix m given as its split; X_EXACT: x is exact in fp16 / TF32."""
     acc = tl.zeros((x.shape[0], m_hi.shape[1]), dtype=tl.float32)
-    if DOT == 0:
-        if X_EXACT:
-            xh = x.to(tl.float16)
-            acc = _mma(xh, m_lo, acc, one, DOT, ISOLATE)
-            acc = _mma(xh, m_hi, acc, one, DOT, ISOLATE)
-        else:
-            x_hi, x_lo = _split_f16(x)
-            acc = _mma(x_lo, m_hi, acc, one, DOT, ISOLATE)
-            acc = _mma(x_hi, m_lo, acc, one, DOT, ISOLATE)
-            acc = _mma(x_hi, m_hi, acc, one, DOT, ISOLATE)
-        acc = acc * inv_scale
-    elif DOT == 1:
-        if X_EXACT:
-            acc = _mma(x, m_lo, acc, one, DOT, ISOLATE)
-            acc = _mma(x, m_hi, acc, one, DOT, ISOLATE)
-        else:
-            x_hi, x_lo = _split_tf32(x)
-            acc = _mma(x_lo, m_hi, acc, one, DOT, ISOLATE)
-            acc = _mma(x_hi, m_lo, acc, one, DOT, ISOLATE)
-            acc = _mma(x_hi, m_hi, acc, one, DOT, ISOLATE)
-    else:
+    if DOT == 2:
         acc = _mma(x, m_hi, acc, one, DOT, ISOLATE)
+    else:
+        if X_EXACT:
+            xe = x.to(tl.float16) if DOT == 0 else x
+            acc = _mma(xe, m_lo, acc, one, DOT, ISOLATE)
+            acc = _mma(xe, m_hi, acc, one, DOT, ISOLATE)
+        else:
+            x_hi, x_lo = _split(x, DOT)
+            acc = _mma(x_lo, m_hi, acc, one, DOT, ISOLATE)
+            acc = _mma(x_hi, m_lo, acc, one, DOT, ISOLATE)
+            acc = _mma(x_hi, m_hi, acc, one, DOT, ISOLATE)
+        if DOT == 0:
+            acc = acc * inv_scale
     return acc
 
 
@@ -177,19 +179,15 @@ def _dot_xm(x, m_hi, m_lo, inv_scale, one, DOT: tl.constexpr, X_EXACT: tl.conste
 def _dot_mx(m_hi, m_lo, inv_scale, x, one, DOT: tl.constexpr, ISOLATE: tl.constexpr):
     """m @ x for a constant matrix m given as its split, x any float32 (|x| < 2**15 for fp16)."""
     acc = tl.zeros((m_hi.shape[0], x.shape[1]), dtype=tl.float32)
-    if DOT == 0:
-        x_hi, x_lo = _split_f16(x)
-        acc = _mma(m_lo, x_hi, acc, one, DOT, ISOLATE)
-        acc = _mma(m_hi, x_lo, acc, one, DOT, ISOLATE)
-        acc = _mma(m_hi, x_hi, acc, one, DOT, ISOLATE)
-        acc = acc * inv_scale
-    elif DOT == 1:
-        x_hi, x_lo = _split_tf32(x)
-        acc = _mma(m_lo, x_hi, acc, one, DOT, ISOLATE)
-        acc = _mma(m_hi, x_lo, acc, one, DOT, ISOLATE)
-        acc = _mma(m_hi, x_hi, acc, one, DOT, ISOLATE)
-    else:
+    if DOT == 2:
         acc = _mma(m_hi, x, acc, one, DOT, ISOLATE)
+    else:
+        x_hi, x_lo = _split(x, DOT)
+        acc = _mma(m_lo, x_hi, acc, one, DOT, ISOLATE)
+        acc = _mma(m_hi, x_lo, acc, one, DOT, ISOLATE)
+        acc = _mma(m_hi, x_hi, acc, one, DOT, ISOLATE)
+        if DOT == 0:
+            acc = acc * inv_scale
     return acc
 
 
