@@ -165,12 +165,14 @@ def main(argv=None):
             prof = sass_profile(ck.asm["cubin"])
             nw = CONFIGS[cname].get("num_warps", kds.NUM_WARPS)
             regs = prof["registers"]
+            smem = int(ck.metadata.shared)  # bytes of shared memory per program (Triton's staging)
+            fit = min(65536 // (32 * nw * (-(-regs // 8) * 8)), (227 * 1024) // max(smem, 1))  # H100/H200 SM
             rows.append({"preset": preset, "config": cname, "num_warps": nw, "mma_warps": mma_warps(ck.asm["ttgir"]),
-                         **prof, "programs_per_sm": 65536 // (32 * nw * (-(-regs // 8) * 8)),
+                         **prof, "smem_bytes": smem, "programs_per_sm": fit,
                          "warp_instructions": nw * prof["instructions"],
                          "compile_s": round(time.perf_counter() - t0, 1)})
             print(json.dumps(rows[-1]), flush=True)
-    cols = ["num_warps", "mma_warps", "registers", "stack_bytes", "programs_per_sm", "instructions",
+    cols = ["num_warps", "mma_warps", "registers", "stack_bytes", "smem_bytes", "programs_per_sm", "instructions",
             "warp_instructions", "mma", "shared_ld", "shared_st", "barrier", "spill_ld", "spill_st", "mufu",
             "int_mul"]
     lines = [f"# Static SASS profile of the fused kernel, sm_{args.arch}",
@@ -180,8 +182,9 @@ def main(argv=None):
              f"num_warps={kds.NUM_WARPS}, maxnreg={kds.MAXNREG}. Counts are instructions in the code (static), "
              "not executed; stack bytes hold spilled registers. instructions: the kernel's code, which each "
              "warp runs (the channel loop's body once per channel); warp_instructions: times the warps of a "
-             "program; programs_per_sm: how many fit "
-             "the 65,536 registers of an SM; mma_warps: how the MMA layouts spread the warps (rows, columns).",
+             "program; smem_bytes: Triton's shared memory per program; programs_per_sm: how many fit "
+             "the 65,536 registers and 227 KB of shared memory of an SM; mma_warps: how the MMA layouts "
+             "spread the warps (rows, columns).",
              "",
              "| preset | config | " + " | ".join(cols) + " |",
              "|---|---|" + "---:|" * len(cols)]
