@@ -190,6 +190,9 @@ def main(argv=None):
              "|---|---|" + "---:|" * len(cols)]
     for r in rows:
         lines.append(f"| {r['preset']} | {r['config']} | " + " | ".join(str(r[c]) for c in cols) + " |")
+    lines += ["", "What the rows say about the warps layout and the candidates: the \"Warps\" note of "
+              "kernels/distort_ssim.py. Run times of the same configurations on a GPU: bench/gpu_bench.py "
+              "(CANDIDATES)."]
     print("\n".join(lines))
     if args.write:
         out = ROOT / "bench" / "results" / f"sass-sm{args.arch}-triton{triton.__version__}"
