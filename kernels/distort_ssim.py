@@ -357,9 +357,10 @@ with MAXNREG = 168 three fit. Measured on one H200 (triton 3.6, 50,000 32 x 32 i
 3 programs/SM capped at 168 registers 5.00-5.14 ms; 4/SM uncapped 6.10 ms; 2/SM uncapped 6.13 ms;
 2/SM at 8 warps 11.3 ms (bench/results/h200-2026-11-27-quick/)."""
 NUM_WARPS = 4
-"""Warps per program: a 32 x 32 dot splits into four 16 x 16 warp tiles (8 warps was slower on H200)."""
+"""Warps per program (8 was slower on H200: chained dots compute a 32-row tile's MMA blocks 4 times at
+8 warps, twice at 4; see "Warps" in the module docstring)."""
 MAXNREG = 168
-"""Register cap per thread (None: ptxas decides, about 250 at 4 warps). 168 lets three programs share
+"""Register cap per thread (0 or None: ptxas decides, about 250 at 4 warps). 168 lets three programs share
 an SM, which measured fastest on H200 (see PROGRAMS_PER_SM)."""
 ISOLATE_DOTS = False
 """Isolate each dot from the chain (see "Warps" in the module docstring). Off: the configuration
@@ -417,8 +418,9 @@ def distort_ssim(images: torch.Tensor, sigma: float | None = None, noise_std: fl
     ``distorted`` given (and sigma = noise_std = None): only score it against ``images``.
     dot, programs_per_sm, num_warps, maxnreg, isolate_dots: the kernel's configuration (defaults:
     DEFAULT_DOT, PROGRAMS_PER_SM, NUM_WARPS, MAXNREG, ISOLATE_DOTS); dot in DOT_MODES; maxnreg caps
-    registers per thread (CUDA). Configurations spread the same arithmetic differently over warps; the
-    SSIM map's sum follows the warps' layout, so scores may differ in float rounding between them.
+    registers per thread (CUDA; 0: no cap, ptxas decides). Configurations spread the same arithmetic
+    differently over warps; the SSIM map's sum follows the warps' layout, so scores may differ in
+    float rounding between them.
     Returns (uint8 distorted images or None when ``distorted`` was given, float32 N scores or None).
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -472,7 +474,7 @@ def distort_ssim(images: torch.Tensor, sigma: float | None = None, noise_std: fl
         SAME_TILE=(pih == pdh and piw == pdw), SINGLE_TILE=(n_tiles == 1),
         DOT=DOT_MODES[dot], ISOLATE=bool(ISOLATE_DOTS if isolate_dots is None else isolate_dots),
         num_warps=NUM_WARPS if num_warps is None else int(num_warps),
-        **({} if regs is None or dev.type != "cuda" else {"maxnreg": int(regs)}),
+        **({} if not regs or dev.type != "cuda" else {"maxnreg": int(regs)}),
     )
     if score and n_tiles > 1:
         scores = scores.sum(dim=1) / float(3 * (h - SSIM.win + 1) * (w - SSIM.win + 1))

@@ -242,7 +242,7 @@ def test_distort_strided_input_and_empty_batch(gen, device):
 
 
 KERNEL_CONFIGS = [dict(isolate_dots=True), dict(isolate_dots=True, num_warps=8, maxnreg=128),
-                  dict(num_warps=2, maxnreg=None)]
+                  dict(num_warps=2, maxnreg=0)]
 """The candidate configurations bench/gpu_bench.py times beside the default (see kds' "Warps")."""
 
 
