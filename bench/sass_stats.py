@@ -134,15 +134,30 @@ def sass_profile(cubin: bytes) -> dict:
                                capture_output=True, text=True).stdout
         sass = subprocess.run([_bin("nvdisasm"), "-c", path], check=True, capture_output=True, text=True).stdout
     res = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
-    ops = collections.Counter()
+    code, labels = [], {}  # (opcode, operands) in order; label -> index of the next instruction
     for line in sass.splitlines():
-        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)", line)
-        if m:
-            ops[m.group(1)] += 1
+        if m := re.match(r"\s*(\.L_x_\d+):", line):
+            labels[m.group(1)] = len(code)
+        elif m := re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)(.*)", line):
+            code.append((m.group(1), m.group(2)))
+    ops = collections.Counter(op for op, _ in code)
     out = {"registers": res.get("REG"), "stack_bytes": res.get("STACK"), "shared_bytes": res.get("SHARED"),
-           "instructions": sum(ops.values())}
+           "instructions": len(code)}
     for cls, names in OPCLASSES.items():
         out[cls] = sum(ops[n] for n in names)
+    # the hot loop: the innermost loop (a backward branch) with MMAs in it, i.e. the channel loop's body
+    loops = []
+    for i, (op, rest) in enumerate(code):
+        t = re.search(r"\((\.L_x_\d+)\)", rest) if op == "BRA" else None
+        if t and labels.get(t.group(1), i + 1) <= i:
+            body = collections.Counter(o for o, _ in code[labels[t.group(1)]:i + 1])
+            if any(body[n] for n in OPCLASSES["mma"]):
+                loops.append(body)
+    if loops:
+        body = min(loops, key=lambda c: sum(c.values()))
+        out["loop_instructions"] = sum(body.values())
+        out["loop_barriers"] = sum(body[n] for n in OPCLASSES["barrier"])
+        out["loop_spills"] = sum(body[n] for n in OPCLASSES["spill_ld"] + OPCLASSES["spill_st"])
     return out
 
 
@@ -167,19 +182,22 @@ def main(argv=None):
             fit = min(65536 // (32 * nw * (-(-regs // 8) * 8)), (227 * 1024) // max(smem, 1))  # H100/H200 SM
             rows.append({"preset": preset, "config": cname, "num_warps": nw, "mma_warps": mma_warps(ck.asm["ttgir"]),
                          **prof, "smem_bytes": smem, "programs_per_sm": fit,
-                         "warp_instructions": nw * prof["instructions"]})
+                         "warp_instructions": nw * prof["instructions"],
+                         "image_warp_instructions": 3 * nw * prof.get("loop_instructions", 0)})
             print(json.dumps(rows[-1]), flush=True)
-    cols = ["num_warps", "mma_warps", "registers", "stack_bytes", "smem_bytes", "programs_per_sm", "instructions",
-            "warp_instructions", "mma", "shared_ld", "shared_st", "barrier", "spill_ld", "spill_st", "mufu",
-            "int_mul"]
+    cols = ["num_warps", "mma_warps", "registers", "stack_bytes", "smem_bytes", "programs_per_sm",
+            "loop_instructions", "image_warp_instructions", "loop_barriers", "loop_spills", "instructions", "mma",
+            "shared_ld", "shared_st", "barrier", "spill_ld", "spill_st", "mufu", "int_mul"]
     lines = [f"# Static SASS profile of the fused kernel, sm_{args.arch}",
              "",
              f"`python bench/sass_stats.py --arch {args.arch}`: triton {triton.__version__} compiling ahead of "
              f"time on {platform.machine()} (no GPU), 32 x 32 images, one tile. Defaults: dot={kds.DEFAULT_DOT}, "
              f"num_warps={kds.NUM_WARPS}, maxnreg={kds.MAXNREG}. Counts are instructions in the code (static), "
-             "not executed; stack bytes hold spilled registers. instructions: the kernel's code, which each "
-             "warp runs (the channel loop's body once per channel); warp_instructions: times the warps of a "
-             "program; smem_bytes: Triton's shared memory per program; programs_per_sm: how many fit "
+             "not executed; stack bytes hold spilled registers. loop_*: the channel loop's body (the innermost "
+             "loop with MMAs), which each warp runs 3 times per image; image_warp_instructions: 3 x that x the "
+             "warps of a program, the issue cost of one image; instructions and the columns after it: the whole "
+             "kernel, prologue and rarely taken paths included; smem_bytes: Triton's shared memory per program; "
+             "programs_per_sm: how many fit "
              "the 65,536 registers and 227 KB of shared memory of an SM; mma_warps: how the MMA layouts "
              "spread the warps (rows, columns).",
              "",

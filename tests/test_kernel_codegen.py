@@ -54,6 +54,9 @@ def test_isolated_dots_repeat_no_mma_work(profiles):
     assert isolated["mma"] == 27 * 4
     assert chained["mma"] == 2 * isolated["mma"]
     assert isolated["registers"] <= 168 and isolated["stack_bytes"] < chained["stack_bytes"]
+    # the channel loop: no spills left in it, and fewer instructions per image for the same 4 warps
+    assert chained["loop_spills"] > 0 and isolated["loop_spills"] == 0
+    assert isolated["image_warp_instructions"] < chained["image_warp_instructions"]
 
 
 def test_isolation_is_one_dot_each_not_an_unrolled_loop(profiles):
