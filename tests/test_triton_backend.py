@@ -176,6 +176,17 @@ def test_distort_score_shapes_vs_torch(gen, device, h, w):
             assert s is None
 
 
+@pytest.mark.slow
+def test_distort_score_large_odd_image_vs_torch(gen, device):
+    """The issue's upper size: 257 x 300 (over 256 on both sides, odd), 9 x 11 tiles with halos."""
+    x = torch.from_numpy(gen(1, 257, 300, seed=257)).to(device)
+    ids = torch.tensor([5], device=device)
+    out, s = tbk.distort_score(x, 1.2, 0.01, 3, ids, True)
+    r_out, _ = ref.distort_score(x, 1.2, 0.01, 3, ids, False)
+    _bytes_agree(out, r_out)
+    torch.testing.assert_close(s.cpu(), ref.ssim(x, out).cpu(), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("h,w,sigma", [(32, 32, 1.0), (33, 47, 1.2), (100, 17, 0.7), (8, 8, 1.0),
                                        (32, 32, 0.3), (32, 32, 3.0)])
 def test_blur_vs_skimage(gen, device, h, w, sigma):
