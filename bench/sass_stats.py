@@ -134,25 +134,37 @@ def sass_profile(cubin: bytes) -> dict:
                                capture_output=True, text=True).stdout
         sass = subprocess.run([_bin("nvdisasm"), "-c", path], check=True, capture_output=True, text=True).stdout
     res = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
-    code, labels = [], {}  # (opcode, operands) in order; label -> index of the next instruction
+    code, labels = [], {}  # (opcode, operands, predicated) in order; label -> index of the next instruction
     for line in sass.splitlines():
         if m := re.match(r"\s*(\.L_x_\d+):", line):
             labels[m.group(1)] = len(code)
-        elif m := re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)(.*)", line):
-            code.append((m.group(1), m.group(2)))
-    ops = collections.Counter(op for op, _ in code)
+        elif m := re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)(.*)", line):
+            code.append((m.group(2), m.group(3), m.group(1) is not None))
+    ops = collections.Counter(op for op, _, _ in code)
+
+    def target(i):  # index a branch at i goes to, or None
+        t = re.search(r"\((\.L_x_\d+)\)", code[i][1]) if code[i][0] == "BRA" else None
+        return labels.get(t.group(1)) if t else None
+
+    backward = [(target(i), i) for i in range(len(code)) if target(i) is not None and target(i) <= i]
+    # cold code: what a conditional forward branch skips when the skipped part holds a loop and no MMA or
+    # barrier (libdevice's slow paths, e.g. cosf's Payne-Hanek reduction for |x| > 105615)
+    sync = OPCLASSES["mma"] + OPCLASSES["barrier"]
+    cold = set()
+    for i in range(len(code)):
+        t = target(i)
+        if (code[i][2] and t is not None and t > i and any(i < a and b < t for a, b in backward)
+                and not any(code[j][0] in sync for j in range(i + 1, t))):
+            cold.update(range(i + 1, t))
     out = {"registers": res.get("REG"), "stack_bytes": res.get("STACK"), "shared_bytes": res.get("SHARED"),
            "instructions": len(code)}
     for cls, names in OPCLASSES.items():
         out[cls] = sum(ops[n] for n in names)
-    # the hot loop: the innermost loop (a backward branch) with MMAs in it, i.e. the channel loop's body
-    loops = []
-    for i, (op, rest) in enumerate(code):
-        t = re.search(r"\((\.L_x_\d+)\)", rest) if op == "BRA" else None
-        if t and labels.get(t.group(1), i + 1) <= i:
-            body = collections.Counter(o for o, _ in code[labels[t.group(1)]:i + 1])
-            if any(body[n] for n in OPCLASSES["mma"]):
-                loops.append(body)
+    out["cold_instructions"] = len(cold)
+    # the hot loop: the innermost loop (a backward branch) with MMAs in it, i.e. the channel loop's body,
+    # without its cold code
+    loops = [collections.Counter(code[j][0] for j in range(a, b + 1) if j not in cold) for a, b in backward]
+    loops = [c for c in loops if any(c[n] for n in OPCLASSES["mma"])]
     if loops:
         body = min(loops, key=lambda c: sum(c.values()))
         out["loop_instructions"] = sum(body.values())
@@ -186,7 +198,8 @@ def main(argv=None):
                          "image_warp_instructions": 3 * nw * prof.get("loop_instructions", 0)})
             print(json.dumps(rows[-1]), flush=True)
     cols = ["num_warps", "mma_warps", "registers", "stack_bytes", "smem_bytes", "programs_per_sm",
-            "loop_instructions", "image_warp_instructions", "loop_barriers", "loop_spills", "instructions", "mma",
+            "loop_instructions", "image_warp_instructions", "loop_barriers", "loop_spills", "instructions",
+            "cold_instructions", "mma",
             "shared_ld", "shared_st", "barrier", "spill_ld", "spill_st", "mufu", "int_mul"]
     lines = [f"# Static SASS profile of the fused kernel, sm_{args.arch}",
              "",
@@ -194,7 +207,9 @@ def main(argv=None):
              f"time on {platform.machine()} (no GPU), 32 x 32 images, one tile. Defaults: dot={kds.DEFAULT_DOT}, "
              f"num_warps={kds.NUM_WARPS}, maxnreg={kds.MAXNREG}. Counts are instructions in the code (static), "
              "not executed; stack bytes hold spilled registers. loop_*: the channel loop's body (the innermost "
-             "loop with MMAs), which each warp runs 3 times per image; image_warp_instructions: 3 x that x the "
+             "loop with MMAs) less its cold code (slow paths skipped by a branch, such as cosf's reduction of "
+             "huge arguments: cold_instructions in the whole kernel), which each warp runs 3 times per image; "
+             "image_warp_instructions: 3 x that x the "
              "warps of a program, the issue cost of one image; instructions and the columns after it: the whole "
              "kernel, prologue and rarely taken paths included; smem_bytes: Triton's shared memory per program; "
              "programs_per_sm: how many fit "
