@@ -158,9 +158,15 @@ CANDIDATES = {
     "iso_pps4_w4_r128": dict(dot="fp16", programs_per_sm=4, num_warps=4, maxnreg=128, isolate_dots=True),
     "iso_pps2_w8_r128": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=128, isolate_dots=True),
     "iso_pps3_w8_r80": dict(dot="fp16", programs_per_sm=3, num_warps=8, maxnreg=80, isolate_dots=True),
+    # the four SSIM moments in two stacked products (the second a Hopper wgmma); with isolate_dots the
+    # blur's dots are isolated too. Static costs per image in bench/results/sass-sm90-triton3.9.md
+    "stack_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, stack_moments=True),
+    "stack_iso_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, stack_moments=True,
+                                   isolate_dots=True),
+    "stack_pps2_w8_r128": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=128, stack_moments=True),
 }
 SSIM_ONLY_CANDIDATES = ("fp16_pps4_w4", "fp16_pps2_w8", "fp16_pps4_w2", "iso_pps3_w4_r168", "iso_pps4_w4_r128",
-                        "iso_pps2_w8_r128")
+                        "iso_pps2_w8_r128", "stack_pps3_w4_r168", "stack_pps2_w8_r128")
 """The candidates also timed in score-only mode."""
 """Configurations of the fused kernel timed beside its default (each compiles once, ~2-5 s)."""
 

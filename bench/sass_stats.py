@@ -41,7 +41,7 @@ PRESETS = {
 }
 
 CONFIGS = {
-    # name: launch options (num_warps, maxnreg: 0 = no cap) and constexprs (ISOLATE) of the kernel
+    # name: launch options (num_warps, maxnreg: 0 = no cap) and constexprs (ISOLATE, STACK) of the kernel
     "default": {},
     "w4": dict(num_warps=4, maxnreg=0),
     "w2": dict(num_warps=2, maxnreg=0),
@@ -51,10 +51,15 @@ CONFIGS = {
     "iso_w4": dict(ISOLATE=True, num_warps=4, maxnreg=0),
     "iso_w8_r128": dict(ISOLATE=True, num_warps=8, maxnreg=128),
     "iso_w8_r80": dict(ISOLATE=True, num_warps=8, maxnreg=80),
+    "stack_w4_r168": dict(STACK=True, num_warps=4, maxnreg=168),
+    "stack_w4": dict(STACK=True, num_warps=4, maxnreg=0),
+    "stack_iso_w4_r168": dict(STACK=True, ISOLATE=True, num_warps=4, maxnreg=168),
+    "stack_w8_r128": dict(STACK=True, num_warps=8, maxnreg=128),
 }
 
 OPCLASSES = {
     "mma": ("HMMA", "HGMMA", "IMMA"),
+    "wgmma": ("HGMMA",),
     "shared_ld": ("LDS", "LDSM"),
     "shared_st": ("STS", "STSM"),
     "barrier": ("BAR",),
@@ -105,7 +110,8 @@ def compile_kernel(mode: dict, config: dict, arch: int):
                blur_scale="fp32", win_scale="fp32", R="i32", one="i32")
     extra = {k_: v for k_, v in config.items() if k_.isupper()}
     const = dict(WIN=11, PDH=32, PDW=32, PIH=32, PIW=32, TSH=32, TSW=32, SAME_TILE=True, SINGLE_TILE=True,
-                 DOT=kds.DOT_MODES[kds.DEFAULT_DOT], ISOLATE=kds.ISOLATE_DOTS, **mode)
+                 DOT=kds.DOT_MODES[kds.DEFAULT_DOT], ISOLATE=kds.ISOLATE_DOTS, STACK=kds.STACK_MOMENTS,
+                 **mode)
     const.update(extra)
     missing = [a for a in k.arg_names if a not in sig and a not in const]
     if missing:

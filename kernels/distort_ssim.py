@@ -60,6 +60,16 @@ trip count is min(one, 1), so the compiler drops the loop (a bare runtime count 
 channel, against 21). Which configuration is faster is measured on the GPU
 (bench/gpu_bench.py's CANDIDATES); the defaults below are the fastest measured so far.
 
+Stacked moments. ``STACK_MOMENTS`` computes the four moments in two products instead of eight:
+F = [xs | ys | xs^2 + ys^2 | xs ys] (PDH x 4 PDW), G = B_r F, then G's four column blocks stacked as
+rows (4 PDH x PDW) times B_c^T: each block is B_r F_j B_c^T, associated the other way round. Two
+chained dots instead of eight mean 3 layout changes per channel where there were about 12, and the
+second product's 4 PDH >= 64 rows qualify for Hopper's warpgroup MMA (wgmma), which reads B_c^T from
+shared memory. Isolation (above) is then needed for the blur's dots only: the stacked ones repeat
+nothing. ``bench/sass_stats.py`` (sm_90, triton 3.9), one image's issued instructions: score only
+12,324 against 20,076; fused 30,540, and 26,484 with the blur's dots isolated, against 36,972 (27,072
+with isolation alone); layout-change barriers per channel 14 against 20 (45 with isolation alone).
+
 Tiling. Images up to 32 x 32 are one tile (16 or 32 padded, masks for the rest); larger ones are cut
 into 32 x 32 distorted tiles that overlap by the SSIM window minus one (10 pixels), each reading a
 pristine tile with a halo of R (the blur radius) padded to a power of two. A tile writes only the
@@ -227,6 +237,31 @@ def _window(f, br_hi, br_lo, bct_hi, bct_lo, inv_scale, one, DOT: tl.constexpr, 
     return _dot_mx(br_hi, br_lo, inv_scale, g, one, DOT, ISOLATE)
 
 
+@triton.jit
+def _moments(xs, ys, br_hi, br_lo, bct_hi, bct_lo, inv_scale, one, DOT: tl.constexpr, ISOLATE: tl.constexpr,
+             STACK: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr):
+    """The windowed E[x], E[y], E[x^2 + y^2], E[xy] of the shifted planes (the formula needs vx + vy
+    only, and windowing is linear: one moment of xs^2 + ys^2, quarter integers below 2**15, still exact
+    as fp16 hi + lo). STACK: all four in two products (see "Stacked moments" in the module docstring)."""
+    if STACK:
+        f4 = tl.join(tl.join(xs, ys), tl.join(xs * xs + ys * ys, xs * ys))  # PH x PW x 2 x 2
+        f = tl.reshape(tl.permute(f4, (0, 3, 2, 1)), (PH, 4 * PW))  # [xs | ys | ss | xy]
+        # (no isolation needed: a 32 x 128 dot spreads 4 warps over columns, and the second is a wgmma)
+        g = _dot_mx(br_hi, br_lo, inv_scale, f, one, DOT, False)  # B_r F
+        h = tl.reshape(tl.permute(tl.reshape(g, (PH, 4, PW)), (1, 0, 2)), (4 * PH, PW))  # blocks as rows
+        m = _dot_xm(h, bct_hi, bct_lo, inv_scale, one, DOT, False, False)  # (B_r F_j) B_c^T, stacked
+        m4 = tl.reshape(tl.permute(tl.reshape(m, (4, PH, PW)), (1, 2, 0)), (PH, PW, 2, 2))
+        m_x_ss, m_y_xy = tl.split(m4)
+        mx, mss = tl.split(m_x_ss)
+        my, mxy = tl.split(m_y_xy)
+    else:
+        mx = _window(xs, br_hi, br_lo, bct_hi, bct_lo, inv_scale, one, DOT, True, ISOLATE)
+        my = _window(ys, br_hi, br_lo, bct_hi, bct_lo, inv_scale, one, DOT, True, ISOLATE)
+        mss = _window(xs * xs + ys * ys, br_hi, br_lo, bct_hi, bct_lo, inv_scale, one, DOT, False, ISOLATE)
+        mxy = _window(xs * ys, br_hi, br_lo, bct_hi, bct_lo, inv_scale, one, DOT, False, ISOLATE)
+    return mx, my, mss, mxy
+
+
 # ---------------------------------------------------------------------------------------------
 # The kernel
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +274,7 @@ def distort_ssim_kernel(
     BLUR: tl.constexpr, NOISE: tl.constexpr, SCORE: tl.constexpr, READ_Y: tl.constexpr, WIN: tl.constexpr,
     PDH: tl.constexpr, PDW: tl.constexpr, PIH: tl.constexpr, PIW: tl.constexpr,
     TSH: tl.constexpr, TSW: tl.constexpr, SAME_TILE: tl.constexpr, SINGLE_TILE: tl.constexpr,
-    DOT: tl.constexpr, ISOLATE: tl.constexpr,
+    DOT: tl.constexpr, ISOLATE: tl.constexpr, STACK: tl.constexpr,
 ):
     # -- Stage 0: which tile, which pixels. Distorted tile rows [r0, r0 + PDH), pristine [p0, p0 + PIH).
     pid_n = tl.program_id(0)
@@ -321,13 +356,8 @@ def distort_ssim_kernel(
                 # -- Stage 6: the five windowed moments of the shifted planes, then the SSIM map
                 xs = xd - 127.5
                 ys = d - 127.5
-                mx = _window(xs, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, one, DOT, True, ISOLATE)
-                my = _window(ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, one, DOT, True, ISOLATE)
-                # the formula needs vx + vy only, and windowing is linear: one moment of xs^2 + ys^2
-                # (quarter integers below 2**15: still exact as fp16 hi + lo) instead of two
-                mss = _window(xs * xs + ys * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, one, DOT, False,
-                              ISOLATE)
-                mxy = _window(xs * ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, one, DOT, False, ISOLATE)
+                mx, my, mss, mxy = _moments(xs, ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, one, DOT, ISOLATE,
+                                            STACK, PDH, PDW)
                 vsum = mss - mx * mx - my * my  # vx + vy
                 vxy = mxy - mx * my
                 ux = mx + 127.5
@@ -362,6 +392,9 @@ NUM_WARPS = 4
 MAXNREG = 168
 """Register cap per thread (0 or None: ptxas decides, about 250 at 4 warps). 168 lets three programs share
 an SM, which measured fastest on H200 (see PROGRAMS_PER_SM)."""
+STACK_MOMENTS = False
+"""Compute the four SSIM moments as two stacked products (see "Stacked moments" in the module
+docstring). Off: the configuration measured on H200; on is a candidate bench/gpu_bench.py times."""
 ISOLATE_DOTS = False
 """Isolate each dot from the chain (see "Warps" in the module docstring). Off: the configuration
 measured on H200 (PROGRAMS_PER_SM); on is a candidate that bench/gpu_bench.py times beside it."""
@@ -411,16 +444,17 @@ def distort_ssim(images: torch.Tensor, sigma: float | None = None, noise_std: fl
                  seed: int = 0, ids: torch.Tensor | None = None, score: bool = True,
                  distorted: torch.Tensor | None = None, dot: str | None = None,
                  programs_per_sm: int | None = None, num_warps: int | None = None,
-                 maxnreg: int | None = None, isolate_dots: bool | None = None):
+                 maxnreg: int | None = None, isolate_dots: bool | None = None,
+                 stack_moments: bool | None = None):
     """Blur (sigma) and/or add noise (noise_std on the [0, 1] scale), round, and score against ``images``.
 
     images: uint8 N x H x W x 3 (H, W >= 8; >= 11 to score). ids: int64 N (noise key per image).
     ``distorted`` given (and sigma = noise_std = None): only score it against ``images``.
-    dot, programs_per_sm, num_warps, maxnreg, isolate_dots: the kernel's configuration (defaults:
-    DEFAULT_DOT, PROGRAMS_PER_SM, NUM_WARPS, MAXNREG, ISOLATE_DOTS); dot in DOT_MODES; maxnreg caps
-    registers per thread (CUDA; 0: no cap, ptxas decides). Configurations spread the same arithmetic
-    differently over warps; the SSIM map's sum follows the warps' layout, so scores may differ in
-    float rounding between them.
+    dot, programs_per_sm, num_warps, maxnreg, isolate_dots, stack_moments: the kernel's configuration
+    (defaults: DEFAULT_DOT, PROGRAMS_PER_SM, NUM_WARPS, MAXNREG, ISOLATE_DOTS, STACK_MOMENTS); dot in
+    DOT_MODES; maxnreg caps registers per thread (CUDA; 0: no cap, ptxas decides). Configurations give
+    the same images; scores may differ in float rounding between them (the SSIM map's sum follows the
+    warps' layout; stacked moments associate the window's two products the other way).
     Returns (uint8 distorted images or None when ``distorted`` was given, float32 N scores or None).
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -473,6 +507,7 @@ def distort_ssim(images: torch.Tensor, sigma: float | None = None, noise_std: fl
         PDH=pdh, PDW=pdw, PIH=pih, PIW=piw, TSH=tsh, TSW=tsw,
         SAME_TILE=(pih == pdh and piw == pdw), SINGLE_TILE=(n_tiles == 1),
         DOT=DOT_MODES[dot], ISOLATE=bool(ISOLATE_DOTS if isolate_dots is None else isolate_dots),
+        STACK=bool(STACK_MOMENTS if stack_moments is None else stack_moments),
         num_warps=NUM_WARPS if num_warps is None else int(num_warps),
         **({} if not regs or dev.type != "cuda" else {"maxnreg": int(regs)}),
     )

@@ -33,7 +33,7 @@ if not (_BIN / "nvdisasm").is_file():
 
 @pytest.fixture(scope="module")
 def profiles() -> dict:
-    configs = ["default", "iso_w4_r168", "iso_w8_r128"]
+    configs = ["default", "iso_w4_r168", "iso_w8_r128", "stack_iso_w4_r168"]
     cmd = [sys.executable, str(ROOT / "bench" / "sass_stats.py"), "--preset", "fused"]
     for c in configs:
         cmd += ["--config", c]
@@ -65,3 +65,12 @@ def test_isolation_is_one_dot_each_not_an_unrolled_loop(profiles):
     isolated = profiles["iso_w8_r128"]
     assert isolated["mma_warps"] == "[2, 4]"
     assert isolated["mma"] == 27 * 2 and isolated["stack_bytes"] == 0
+
+
+def test_stacked_moments_use_wgmma_and_fewer_layout_changes(profiles):
+    """The four moments as two stacked products: the second (4 x 32 rows) is a Hopper warpgroup MMA,
+    and the channel loop changes layouts (barriers) less often than the default's eight chained dots."""
+    stacked, chained = profiles["stack_iso_w4_r168"], profiles["default"]
+    assert stacked["wgmma"] > 0 and chained["wgmma"] == 0
+    assert stacked["loop_barriers"] < chained["loop_barriers"]
+    assert stacked["image_warp_instructions"] < chained["image_warp_instructions"]
