@@ -196,6 +196,7 @@ def step_distort(ctx):
         try:
             table[name] = timeit(fn, dev, **{**rep, **kw})
             table[name]["images_per_s"] = n / table[name]["median_s"]
+            print(f"  {name}: {table[name]['median_s'] * 1e3:.3f} ms", flush=True)  # in the log if cut short
         except Exception as e:
             res["errors"][name] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
@@ -452,6 +453,9 @@ def main(argv=None):
         p.error("on CPU the Triton kernels need TRITON_INTERPRET=1 (set before starting Python)")
     ctx = {"args": args, "device": dev}
     results = {"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = None
     for name in args.steps.split(","):
         if name not in STEPS:
             p.error(f"unknown step {name!r}; known: {list(STEPS)}")
@@ -465,11 +469,13 @@ def main(argv=None):
         results[name]["step_seconds"] = time.perf_counter() - t0
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = results.get("env", {}).get("device_name", dev.type).replace(" ", "_").replace("/", "_")
-    path = out / f"gpu_bench_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2, default=str))
+        # the JSON after every step, replaced atomically: a run cut short keeps what it measured
+        if path is None:
+            tag = results.get("env", {}).get("device_name", dev.type).replace(" ", "_").replace("/", "_")
+            path = out / f"gpu_bench_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2, default=str))
+        os.replace(tmp, path)
     print_table(results)
     print(f"\nwrote {path}")
     failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
