@@ -262,9 +262,9 @@ KERNEL_CONFIGS = [dict(isolate_dots=True), dict(isolate_dots=True, num_warps=8, 
 @pytest.mark.parametrize("cfg", KERNEL_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_kernel_configurations_vs_torch(gen, device, cfg):
     """Each configuration computes what the default does: the torch backend's bytes and its SSIM of them,
-    single tile (32 x 32) and tiles with halos (33 x 47; not on CUDA, where each one compiles anew),
-    fused and score-only."""
-    for h, w in ((32, 32),) + (((33, 47),) if INTERPRET else ()):
+    single tiles (32 x 32; 11 x 16, a 16 x 16 tile) and tiles with halos (33 x 47; the last two not on
+    CUDA, where each geometry compiles anew), fused and score-only."""
+    for h, w in ((32, 32),) + (((11, 16), (33, 47)) if INTERPRET else ()):
         x = torch.from_numpy(gen(3, h, w, seed=h + w)).to(device)
         ids = torch.tensor([3, 1, 4], device=device)
         out, s = kds.distort_ssim(x, 1.0, 0.1, 77, ids, True, **cfg)
