@@ -163,10 +163,11 @@ CANDIDATES = {
     "stack_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, stack_moments=True),
     "stack_iso_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, stack_moments=True,
                                    isolate_dots=True),
-    "stack_pps2_w8_r128": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=128, stack_moments=True),
+    "stack_iso_pps2_w8_r128": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=128, stack_moments=True,
+                                   isolate_dots=True),
 }
 SSIM_ONLY_CANDIDATES = ("fp16_pps4_w4", "fp16_pps2_w8", "fp16_pps4_w2", "iso_pps3_w4_r168", "iso_pps4_w4_r128",
-                        "iso_pps2_w8_r128", "stack_pps3_w4_r168", "stack_pps2_w8_r128")
+                        "iso_pps2_w8_r128", "stack_pps3_w4_r168", "stack_iso_pps2_w8_r128")
 """The candidates also timed in score-only mode."""
 """Configurations of the fused kernel timed beside its default (each compiles once, ~2-5 s)."""
 

@@ -54,7 +54,7 @@ CONFIGS = {
     "stack_w4_r168": dict(STACK=True, num_warps=4, maxnreg=168),
     "stack_w4": dict(STACK=True, num_warps=4, maxnreg=0),
     "stack_iso_w4_r168": dict(STACK=True, ISOLATE=True, num_warps=4, maxnreg=168),
-    "stack_w8_r128": dict(STACK=True, num_warps=8, maxnreg=128),
+    "stack_iso_w8_r128": dict(STACK=True, ISOLATE=True, num_warps=8, maxnreg=128),
 }
 
 OPCLASSES = {
