@@ -51,7 +51,8 @@ step bench 240 "$PY" bench/gpu_bench.py --device cuda --n 50000 --out "$OUTDIR"
 
 # 3b. the fused kernel's machine code under this machine's Triton (registers, spills, MMAs per
 #     configuration), to read beside the timings above (the committed profile is another Triton's)
-step sass 60 "$PY" bench/sass_stats.py --preset fused --preset score_only
+step sass 60 "$PY" bench/sass_stats.py --preset fused --preset score_only --config default --config w2 \
+  --config iso_w4_r168 --config stack_iso_w4_r168 --config stack_iso_w8_r128
 
 # 4. training throughput (issue 5): eager vs compiled (CUDA graphs) model-only steps at batch 100, and
 #    the full strategy-9 pipeline (real train(): data, distortions, SSIM, steps, checkpoints)
