@@ -56,8 +56,8 @@ compiler pass folds it): the heuristic looks for chained dots within one region 
 splits 4 warps 2 x 2 (8 warps 2 x 4), no block is repeated: 108 MMAs per channel and warp, 32 bytes
 of spills at the 168 cap (none uncapped at 227 registers; none at 8 warps and 121 registers). The
 trip count is min(one, 1), so the compiler drops the loop (a bare runtime count was unrolled by ptxas,
-8 copies of every dot). It costs more barriers: layout changes between dots now cross warps (46 per
-channel, against 21). Which configuration is faster is measured on the GPU
+8 copies of every dot). It costs more barriers: layout changes between dots now cross warps (45 per
+channel, against 20). Which configuration is faster is measured on the GPU
 (bench/gpu_bench.py's CANDIDATES); the defaults below are the fastest measured so far.
 
 Stacked moments. ``STACK_MOMENTS`` computes the four moments in two products instead of eight:
