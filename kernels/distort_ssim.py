@@ -155,6 +155,15 @@ def _mma(a, b, acc, one, DOT: tl.constexpr, ISOLATE: tl.constexpr):
 
 
 @triton.jit
+def _mma3(a_hi, a_lo, b_hi, b_lo, acc, one, DOT: tl.constexpr, ISOLATE: tl.constexpr):
+    """acc + a @ b from split operands: a_lo b_hi + a_hi b_lo + a_hi b_hi (a_lo b_lo, below 2**-22 of
+    a b, dropped), smallest terms first."""
+    acc = _mma(a_lo, b_hi, acc, one, DOT, ISOLATE)
+    acc = _mma(a_hi, b_lo, acc, one, DOT, ISOLATE)
+    return _mma(a_hi, b_hi, acc, one, DOT, ISOLATE)
+
+
+@triton.jit
 def _split(x, DOT: tl.constexpr):
     """x as the (hi, lo) pair of the dot's input type: fp16 (DOT 0) or TF32 (DOT 1)."""
     if DOT == 0:
@@ -177,9 +186,7 @@ def _dot_xm(x, m_hi, m_lo, inv_scale, one, DOT: tl.constexpr, X_EXACT: tl.conste
             acc = _mma(xe, m_hi, acc, one, DOT, ISOLATE)
         else:
             x_hi, x_lo = _split(x, DOT)
-            acc = _mma(x_lo, m_hi, acc, one, DOT, ISOLATE)
-            acc = _mma(x_hi, m_lo, acc, one, DOT, ISOLATE)
-            acc = _mma(x_hi, m_hi, acc, one, DOT, ISOLATE)
+            acc = _mma3(x_hi, x_lo, m_hi, m_lo, acc, one, DOT, ISOLATE)
         if DOT == 0:
             acc = acc * inv_scale
     return acc
@@ -193,9 +200,7 @@ def _dot_mx(m_hi, m_lo, inv_scale, x, one, DOT: tl.constexpr, ISOLATE: tl.conste
         acc = _mma(m_hi, x, acc, one, DOT, ISOLATE)
     else:
         x_hi, x_lo = _split(x, DOT)
-        acc = _mma(m_lo, x_hi, acc, one, DOT, ISOLATE)
-        acc = _mma(m_hi, x_lo, acc, one, DOT, ISOLATE)
-        acc = _mma(m_hi, x_hi, acc, one, DOT, ISOLATE)
+        acc = _mma3(m_hi, m_lo, x_hi, x_lo, acc, one, DOT, ISOLATE)
         if DOT == 0:
             acc = acc * inv_scale
     return acc
