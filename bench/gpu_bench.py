@@ -144,32 +144,34 @@ def step_images(ctx):
 
 
 CANDIDATES = {
-    # name: distort_ssim keyword arguments (the kernel's defaults fill the rest; maxnreg=0: no register
-    # cap, as these were measured before the default cap of 168)
-    "fp16_pps4_w4": dict(dot="fp16", programs_per_sm=4, num_warps=4, maxnreg=0),
-    "fp16_pps2_w8": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=0),
-    "fp16_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168),
-    "tf32_pps2_w4": dict(dot="tf32", programs_per_sm=2, num_warps=4, maxnreg=0),
-    # 2 warps: the chained dots' [2, 1] layout repeats no MMA block (4 warps repeat half of them)
-    "fp16_pps4_w2": dict(dot="fp16", programs_per_sm=4, num_warps=2, maxnreg=0),
-    # each dot isolated from the chain: warps 2 x 2 (2 x 4 at 8 warps), nothing repeated; register caps
-    # after `python bench/sass_stats.py` (sm_90): 32 bytes of spills at 168 (w4), none at 128 (w8)
-    "iso_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, isolate_dots=True),
-    "iso_pps4_w4_r128": dict(dot="fp16", programs_per_sm=4, num_warps=4, maxnreg=128, isolate_dots=True),
-    "iso_pps2_w8_r128": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=128, isolate_dots=True),
-    "iso_pps3_w8_r80": dict(dot="fp16", programs_per_sm=3, num_warps=8, maxnreg=80, isolate_dots=True),
-    # the four SSIM moments in two stacked products (the second a Hopper wgmma); with isolate_dots the
-    # blur's dots are isolated too. Static costs per image in bench/results/sass-sm90-triton3.9.md
-    "stack_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, stack_moments=True),
+    # name: distort_ssim keyword arguments (the kernel's defaults fill the rest; maxnreg=0: no register cap).
+    # Timed in this order, the likeliest winners first. Static cost of each on the device's Triton (3.6):
+    # bench/results/sass-sm90-triton3.6.md; beside the H200 timings: bench/results/sass-sm90-vs-h200.md.
+    # -- the four SSIM moments in two stacked products (the second a Hopper wgmma), the blur's dots isolated
     "stack_iso_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, stack_moments=True,
                                    isolate_dots=True),
+    # -- each dot isolated from the chain: warps 2 x 2 (2 x 4 at 8 warps), no MMA block repeated
+    "iso_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, isolate_dots=True),
     "stack_iso_pps2_w8_r128": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=128, stack_moments=True,
                                    isolate_dots=True),
+    "stack_iso_pps4_w4_r128": dict(dot="fp16", programs_per_sm=4, num_warps=4, maxnreg=128, stack_moments=True,
+                                   isolate_dots=True),
+    # -- 2 warps: the chained dots' [2, 1] layout repeats no MMA block (4 warps repeat half of them)
+    "fp16_pps4_w2": dict(dot="fp16", programs_per_sm=4, num_warps=2, maxnreg=0),
+    "fp16_pps6_w2_r168": dict(dot="fp16", programs_per_sm=6, num_warps=2, maxnreg=168),
+    "iso_pps2_w8_r128": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=128, isolate_dots=True),
+    "iso_pps4_w4_r128": dict(dot="fp16", programs_per_sm=4, num_warps=4, maxnreg=128, isolate_dots=True),
+    "iso_pps3_w8_r80": dict(dot="fp16", programs_per_sm=3, num_warps=8, maxnreg=80, isolate_dots=True),
+    "stack_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, stack_moments=True),
+    # -- timed on the H200 before (6.1, 11.3 ms; TF32): reference points of the same run
+    "fp16_pps4_w4": dict(dot="fp16", programs_per_sm=4, num_warps=4, maxnreg=0),
+    "fp16_pps2_w8": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=0),
+    "tf32_pps2_w4": dict(dot="tf32", programs_per_sm=2, num_warps=4, maxnreg=0),
 }
-SSIM_ONLY_CANDIDATES = ("fp16_pps4_w4", "fp16_pps2_w8", "fp16_pps4_w2", "iso_pps3_w4_r168", "iso_pps4_w4_r128",
-                        "iso_pps2_w8_r128", "stack_pps3_w4_r168", "stack_iso_pps2_w8_r128")
-"""The candidates also timed in score-only mode."""
 """Configurations of the fused kernel timed beside its default (each compiles once, ~2-5 s)."""
+SSIM_ONLY_CANDIDATES = ("stack_pps3_w4_r168", "fp16_pps4_w2", "iso_pps3_w4_r168", "stack_iso_pps2_w8_r128",
+                        "iso_pps4_w4_r128", "iso_pps2_w8_r128", "fp16_pps4_w4", "fp16_pps2_w8")
+"""The candidates also timed in score-only mode (there, with no blur, stack_iso is stack's code)."""
 
 
 def step_distort(ctx):
@@ -193,6 +195,8 @@ def step_distort(ctx):
     tm = res["timings"]
     rep = dict(warmup=args.warmup, repeats=args.repeats)
 
+    checkpoint = ctx.get("checkpoint", lambda partial: None)
+
     def run(table, name, fn, **kw):
         try:
             table[name] = timeit(fn, dev, **{**rep, **kw})
@@ -201,11 +205,25 @@ def step_distort(ctx):
         except Exception as e:
             res["errors"][name] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
+        checkpoint(res)
 
-    # -- Triton fused kernel: the default configuration, then the candidates
+    def same_as_default(entry, out, s, d_out, d_s):
+        """What a candidate changes in the default's results on all n images: a faster configuration
+        can become the default only if it gives the same bytes (and scores to float rounding)."""
+        if out is not None:
+            d = (out.int() - d_out.int()).abs()
+            entry["bytes_max_diff_vs_default"] = int(d.max())
+            entry["bytes_frac_diff_vs_default"] = float((d > 0).double().mean())
+        entry["ssim_max_abs_diff_vs_default"] = float((s - d_s).abs().max())
+
+    # -- Triton fused kernel: the default configuration, then the candidates (and what each changes)
     run(tm, "triton", lambda: kds.distort_ssim(x, SIGMA, std, SEED, ids, True))
+    d_out, d_s = kds.distort_ssim(x, SIGMA, std, SEED, ids, True)
     for name, kw in CANDIDATES.items():
         run(tm, f"triton_{name}", lambda kw=kw: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, **kw))
+        if f"triton_{name}" in tm:
+            same_as_default(tm[f"triton_{name}"], *kds.distort_ssim(x, SIGMA, std, SEED, ids, True, **kw), d_out, d_s)
+    del d_out, d_s
     if not args.quick:
         run(tm, "triton_ieee", lambda: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, dot="ieee"))
     # -- the torch backend on the same device (the reference)
@@ -278,16 +296,24 @@ def step_distort(ctx):
     # -- SSIM only (images distorted elsewhere, e.g. JPEG): the fused kernel's score-only mode
     y8 = ref.distort_score(x, SIGMA, VAR, SEED, ids, False)[0]
     run(res["ssim_only"], "triton", lambda: kds.distort_ssim(x, distorted=y8))
-    for name, kw in CANDIDATES.items():
-        if name in SSIM_ONLY_CANDIDATES:
-            run(res["ssim_only"], f"triton_{name}", lambda kw=kw: kds.distort_ssim(x, distorted=y8, **kw))
+    d_s = kds.distort_ssim(x, distorted=y8)[1]
+    for name in SSIM_ONLY_CANDIDATES:
+        kw = CANDIDATES[name]
+        run(res["ssim_only"], f"triton_{name}", lambda kw=kw: kds.distort_ssim(x, distorted=y8, **kw))
+        if f"triton_{name}" in res["ssim_only"]:
+            same_as_default(res["ssim_only"][f"triton_{name}"], None, kds.distort_ssim(x, distorted=y8, **kw)[1],
+                            None, d_s)
     run(res["ssim_only"], "torch_backend", lambda: ref.ssim(x, y8))
 
     base = tm.get("triton", {}).get("median_s")
     for t in tm.values():
         t["triton_speedup"] = (t["median_s"] / base) if base else None
     best = min((v["median_s"], k) for k, v in tm.items() if k.startswith("triton"))
-    res["best_triton"] = {"config": best[1], "ms": best[0] * 1e3, "images_per_s": n / best[0]}
+    res["best_triton"] = {"config": best[1], "ms": best[0] * 1e3, "images_per_s": n / best[0],
+                          **{k: v for k, v in tm[best[1]].items() if k.endswith("_vs_default")}}
+    so = [(v["median_s"], k) for k, v in res["ssim_only"].items() if k.startswith("triton")]
+    if so:
+        res["best_triton_ssim_only"] = {"config": min(so)[1], "ms": min(so)[0] * 1e3}
     for peer in ("kornia", "pytorch_msssim(+torch blur)"):
         if peer in tm:
             res["best_triton"][f"x_{peer.split('(')[0]}"] = tm[peer]["median_s"] / best[0]
@@ -396,10 +422,13 @@ def print_table(results):
     if isinstance(d, dict) and "timings" in d:
         print(f"\nblur({SIGMA}) + noise({VAR}) + SSIM, {d['n']} images (median of repeats)")
         print("default config:", d.get("default_config"), " best:", d.get("best_triton"))
-        print(f"{'implementation':34s} {'ms':>10s} {'images/s':>14s} {'x slower than triton':>22s}")
+        print(f"{'implementation':34s} {'ms':>10s} {'images/s':>14s} {'x slower than triton':>22s}"
+              f" {'bytes != default':>17s} {'max |dSSIM|':>12s}")
         for name, t in sorted(d["timings"].items(), key=lambda kv: kv[1]["median_s"]):
             ratio = t.get("triton_speedup") or 0
-            print(f"{name:34s} {t['median_s'] * 1e3:10.3f} {t['images_per_s']:14.0f} {ratio:22.1f}")
+            par = (f" {t['bytes_frac_diff_vs_default']:17.2e} {t['ssim_max_abs_diff_vs_default']:12.2e}"
+                   if "bytes_frac_diff_vs_default" in t else "")
+            print(f"{name:34s} {t['median_s'] * 1e3:10.3f} {t['images_per_s']:14.0f} {ratio:22.1f}{par}")
         print("SSIM only:", ", ".join(f"{k} {v['median_s'] * 1e3:.3f} ms" for k, v in d["ssim_only"].items()))
         print("parity vs torch backend:", d.get("parity_vs_torch_backend"))
         if d.get("errors"):
@@ -457,11 +486,27 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = None
+
+    def save():  # the JSON, replaced atomically: a run cut short keeps what it measured
+        nonlocal path
+        if path is None:
+            tag = results.get("env", {}).get("device_name", dev.type).replace(" ", "_").replace("/", "_")
+            path = out / f"gpu_bench_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2, default=str))
+        os.replace(tmp, path)
+
     for name in args.steps.split(","):
         if name not in STEPS:
             p.error(f"unknown step {name!r}; known: {list(STEPS)}")
         t0 = time.perf_counter()
         print(f"--- step {name}", flush=True)
+
+        def checkpoint(partial, name=name):  # a step's results so far, saved (it may be cut short)
+            results[name] = {**partial, "partial": True}
+            save()
+
+        ctx["checkpoint"] = checkpoint
         try:
             results[name] = STEPS[name](ctx)
         except Exception as e:  # record and go on: the other steps still run
@@ -470,13 +515,7 @@ def main(argv=None):
         results[name]["step_seconds"] = time.perf_counter() - t0
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        # the JSON after every step, replaced atomically: a run cut short keeps what it measured
-        if path is None:
-            tag = results.get("env", {}).get("device_name", dev.type).replace(" ", "_").replace("/", "_")
-            path = out / f"gpu_bench_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2, default=str))
-        os.replace(tmp, path)
+        save()
     print_table(results)
     print(f"\nwrote {path}")
     failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]

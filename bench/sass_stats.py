@@ -45,6 +45,7 @@ CONFIGS = {
     "default": {},
     "w4": dict(num_warps=4, maxnreg=0),
     "w2": dict(num_warps=2, maxnreg=0),
+    "w2_r168": dict(num_warps=2, maxnreg=168),
     "w8": dict(num_warps=8, maxnreg=0),
     "iso_w4_r168": dict(ISOLATE=True, num_warps=4, maxnreg=168),
     "iso_w4_r128": dict(ISOLATE=True, num_warps=4, maxnreg=128),
@@ -55,6 +56,7 @@ CONFIGS = {
     "stack_w4": dict(STACK=True, num_warps=4, maxnreg=0),
     "stack_iso_w4_r168": dict(STACK=True, ISOLATE=True, num_warps=4, maxnreg=168),
     "stack_iso_w8_r128": dict(STACK=True, ISOLATE=True, num_warps=8, maxnreg=128),
+    "stack_iso_w4_r128": dict(STACK=True, ISOLATE=True, num_warps=4, maxnreg=128),
 }
 
 OPCLASSES = {

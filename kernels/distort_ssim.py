@@ -49,15 +49,16 @@ Warps. Triton lays out a dot's warps by a heuristic: when a dot's result feeds a
 chain, as here: every product feeds the next), it puts all warps along the rows. A 32-row tile has
 only two 16-row MMA blocks, so with 4 warps each block is computed twice (warps 2 and 3 repeat warps 0
 and 1), and so is every elementwise step in that layout; 8 warps compute it four times. The SASS shows
-it (``python bench/sass_stats.py``: sm_90, triton 3.9): the fused kernel issues 216 MMAs per channel
-and warp where 108 suffice, and needs 242 registers (288 bytes of spills at the 168 cap).
+it (``python bench/sass_stats.py``: sm_90, triton 3.6 as on the GPU machine, and 3.9): the fused kernel
+issues 216 MMAs per channel and warp where 108 suffice, and needs 249 registers (3.6; 21 spill
+instructions in the channel loop at the 168 cap).
 ``ISOLATE_DOTS`` puts each dot alone in a loop of one trip whose count is a runtime argument (so no
 compiler pass folds it): the heuristic looks for chained dots within one region only, so it then
-splits 4 warps 2 x 2 (8 warps 2 x 4), no block is repeated: 108 MMAs per channel and warp, 32 bytes
-of spills at the 168 cap (none uncapped at 227 registers; none at 8 warps and 121 registers). The
-trip count is min(one, 1), so the compiler drops the loop (a bare runtime count was unrolled by ptxas,
-8 copies of every dot). It costs more barriers: layout changes between dots now cross warps (45 per
-channel, against 20). Which configuration is faster is measured on the GPU
+splits 4 warps 2 x 2 (8 warps 2 x 4), no block is repeated: 108 MMAs per channel and warp, no spills
+in the channel loop at the 168 cap, nor at 8 warps and 128 registers (32-40 bytes of stack outside it).
+The trip count is min(one, 1), so the compiler drops the loop (a bare runtime count was unrolled by
+ptxas, 8 copies of every dot). It costs more barriers: layout changes between dots now cross warps (49
+per channel against 19 under 3.6). Which configuration is faster is measured on the GPU
 (bench/gpu_bench.py's CANDIDATES); the defaults below are the fastest measured so far.
 
 Stacked moments. ``STACK_MOMENTS`` computes the four moments in two products instead of eight:
@@ -66,9 +67,13 @@ rows (4 PDH x PDW) times B_c^T: each block is B_r F_j B_c^T, associated the othe
 chained dots instead of eight mean 3 layout changes per channel where there were about 12, and the
 second product's 4 PDH >= 64 rows qualify for Hopper's warpgroup MMA (wgmma), which reads B_c^T from
 shared memory. Isolation (above) is then needed for the blur's dots only: the stacked ones repeat
-nothing. ``bench/sass_stats.py`` (sm_90, triton 3.9), one image's issued instructions: score only
-12,324 against 20,076; fused 30,540, and 26,484 with the blur's dots isolated, against 36,972 (27,072
-with isolation alone); layout-change barriers per channel 14 against 20 (45 with isolation alone).
+nothing. ``bench/sass_stats.py`` (sm_90, triton 3.6), one image's issued instructions: score only
+12,324 against 19,800; fused 26,364 with the blur's dots isolated against the default's 47,172 (26,904
+with isolation alone); layout-change barriers per channel 14 against 19 (49 with isolation alone).
+Triton 3.9 compiles the default tighter (36,972) and the others about the same
+(bench/results/sass-sm90-triton3.{6,9}.md; bench/results/sass-sm90-vs-h200.md sets them beside the
+H200 timings: 0.106-0.109 ms per thousand per image at 12 warps per SM, i.e. 2.8-2.9 ms for 50,000
+images if barriers cost nothing; not yet timed).
 
 Tiling. Images up to 32 x 32 are one tile (16 or 32 padded, masks for the rest); larger ones are cut
 into 32 x 32 distorted tiles that overlap by the SSIM window minus one (10 pixels), each reading a

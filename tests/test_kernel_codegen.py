@@ -64,7 +64,8 @@ def test_isolation_is_one_dot_each_not_an_unrolled_loop(profiles):
     4 ways by ptxas (8 copies of every dot)."""
     isolated = profiles["iso_w8_r128"]
     assert isolated["mma_warps"] == "[2, 4]"
-    assert isolated["mma"] == 27 * 2 and isolated["stack_bytes"] == 0
+    # (whole-kernel stack bytes vary by release: 0 with Triton 3.9, 40 outside the loop with 3.6)
+    assert isolated["mma"] == 27 * 2 and isolated["loop_spills"] == 0
 
 
 def test_stacked_moments_use_wgmma_and_fewer_layout_changes(profiles):

@@ -9,6 +9,7 @@ around each test of this module only, so other modules' ``backend="auto"`` on CP
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 INTERPRET = not torch.cuda.is_available()
 """No GPU: the kernels run in the Triton interpreter on CPU tensors."""
 
@@ -281,6 +283,24 @@ def test_kernel_configurations_vs_torch(gen, device, cfg):
                 assert torch.equal(s, d_s)
         torch.testing.assert_close(kds.distort_ssim(x, distorted=r_out, **cfg)[1].cpu(), ref.ssim(x, r_out).cpu(),
                                    rtol=0, atol=1e-5)
+
+
+def test_benchmark_candidates_are_valid_configurations():
+    """bench/gpu_bench.py's candidates (the GPU run that may change the defaults) are launcher options the
+    kernel knows, with values it accepts, and the score-only ones are among them: a typo there would
+    only show on the GPU machine, in its limited time."""
+    import inspect
+
+    spec = importlib.util.spec_from_file_location("_gpu_bench", ROOT / "bench" / "gpu_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    params = inspect.signature(kds.distort_ssim).parameters
+    for name, kw in bench.CANDIDATES.items():
+        assert set(kw) <= set(params) - {"images", "sigma", "noise_std", "seed", "ids", "score", "distorted"}, name
+        assert kw.get("dot", kds.DEFAULT_DOT) in kds.DOT_MODES, name
+        assert kw.get("num_warps", 4) in (1, 2, 4, 8, 16) and kw.get("programs_per_sm", 1) >= 1, name
+        assert kw.get("maxnreg") in (None, 0) or 24 <= kw["maxnreg"] <= 255, name
+    assert set(bench.SSIM_ONLY_CANDIDATES) <= set(bench.CANDIDATES)
 
 
 def test_launcher_rejects_bad_input(device):
