@@ -14,7 +14,8 @@ Maths, per row b with logits z (K), label y, on-true target t = T(score):
 All in float32 whatever the logits' dtype (the reference upcasts too). K is processed in blocks of
 BLOCK_K with an online max/sum (Milakov & Gimelshein 2018) when it does not fit one block.
 
-The batch mean is reduced deterministically inside the same launch: each program writes its partial
+The batch mean is reduced deterministically inside the same launch. A single program (B <= BLOCK_B,
+e.g. the paper's batch of 100 at K = 10) stores it directly. Otherwise each program writes its partial
 sum, takes a ticket from an atomic counter (acq_rel, after a CTA barrier), and the program that draws
 the last ticket adds the partials in program order and resets the counter for the next launch (so
 the launch can be captured in a CUDA graph and replayed). With ``REDUCE_IN_KERNEL=False`` the
@@ -114,8 +115,12 @@ def soft_label_mse_fwd_kernel(
                 tl.store(grad_ptr + rows64[:, None] * K + cols[None, :], g.to(grad_ptr.dtype.element_ty), mask=mask)
     # -- Stage 3: the batch mean, reduced in program order by the last program to finish
     partial = tl.sum(tl.where(row_ok, loss_row, 0.0), axis=0)
-    tl.store(partial_ptr + pid, partial)
-    if REDUCE_IN_KERNEL:
+    if REDUCE_IN_KERNEL and nprog == 1:
+        # one program (B <= BLOCK_B: a training batch of 100 at K <= 16): its sum is the batch's, no
+        # partials, no atomics (the same value the reduction below gives: the sum of one partial)
+        tl.store(loss_ptr, partial * inv_b)
+    elif REDUCE_IN_KERNEL:
+        tl.store(partial_ptr + pid, partial)
         tl.debug_barrier()  # every thread's stores precede the release below
         ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
         if ticket == nprog - 1:
@@ -125,6 +130,8 @@ def soft_label_mse_fwd_kernel(
                 acc += tl.load(partial_ptr + idx, mask=idx < nprog, other=0.0, cache_modifier=".cg")
             tl.store(loss_ptr, tl.sum(acc, axis=0) * inv_b)
             tl.atomic_xchg(counter_ptr, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+    else:
+        tl.store(partial_ptr + pid, partial)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -380,6 +380,19 @@ def test_loss_many_programs_deterministic(device):
     torch.testing.assert_close(host.cpu(), losses[0].cpu(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("b", [100, 256])
+def test_loss_single_program(device, b):
+    """B <= BLOCK_B (256 at K = 10): one program, which stores the mean itself (no partials, no atomics)."""
+    z, y, s = _loss_case(b, 10, torch.float32, device)
+    assert b <= ksl.ELEMENTS_PER_PROGRAM // 16  # BLOCK_B at K = 10 (BLOCK_K 16): one program
+    r_loss, r_grad = _eager(z, y, s, "identity")
+    loss, g = ksl.soft_label_mse_fwd(z, y, s, True)
+    _check_loss(loss, ksl.soft_label_mse_bwd(g, torch.ones((), device=device)), r_loss, r_grad, torch.float32)
+    assert torch.equal(ksl.soft_label_mse_fwd(z, y, s, False)[0], loss)
+    host = ksl.soft_label_mse_fwd(z, y, s, False, reduce_in_kernel=False)[0]
+    torch.testing.assert_close(host.cpu(), loss.cpu(), rtol=1e-6, atol=1e-7)
+
+
 def test_loss_strided_logits_and_no_grad(device):
     z, y, s = _loss_case(9, 20, torch.float32, device)
     zs = z[:, ::2]  # stride 2 along K
@@ -393,14 +406,15 @@ def test_loss_strided_logits_and_no_grad(device):
                                    r_loss.cpu(), rtol=1e-6, atol=1e-6)
 
 
-def test_loss_cuda_graph_replay(device):
+@pytest.mark.parametrize("b", [100, 1000])
+def test_loss_cuda_graph_replay(device, b):
     """Forward + backward captured in a CUDA graph and replayed: the in-kernel reduction's counter
     resets itself, so every replay gives the eager result (new inputs copied into the static ones).
     The backend's function, as a graphed training step calls it (the public ``iq.soft_label_mse``
     validates labels and scores on the host first)."""
     if device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU")
-    z, y, s = _loss_case(1000, 10, torch.float32, device)
+    z, y, s = _loss_case(b, 10, torch.float32, device)  # one program; four (the in-kernel reduction)
     zs = z.detach().clone().requires_grad_()
     _, fn = dispatch.resolve("soft_label_mse", "triton", device)
 
