@@ -75,3 +75,10 @@ def generated_images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def gen():
     return generated_images
+
+
+def to_tar(root, path):
+    """A gzip tar of the folder root, under the name imgs/ (an archive as users pass one)."""
+    with tarfile.open(path, "w:gz") as t:
+        t.add(root, arcname="imgs")
+    return path

@@ -16,6 +16,8 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda120)")
 
+from conftest import to_tar  # noqa: E402
+
 import iqals_fast as iq  # noqa: E402
 from iqals_fast.config import KINDS, LEVELS  # noqa: E402
 from iqals_fast.data import dali, sources  # noqa: E402
@@ -116,12 +118,6 @@ def make_tree(root, gen, classes=("cat", "dog", "emu"), n=(7, 3), size=(32, 32))
                 else:
                     (d / f"{i:03d}.jpg").write_bytes(_jpeg_bytes(im, q=(75, 30, 90)[i % 3], subsampling=i % 2 * 2))
     return root
-
-
-def to_tar(root, path):
-    with tarfile.open(path, "w:gz") as t:
-        t.add(root, arcname="imgs")
-    return path
 
 
 def test_file_reader_and_cpu_decoder_equal_pil(tmp_path, gen):

@@ -2,10 +2,10 @@
 
 import io
 import pickle
-import tarfile
 
 import numpy as np
 import pytest
+from conftest import to_tar
 from PIL import Image
 
 from iqals_fast.config import KINDS
@@ -37,12 +37,6 @@ def make_folders(root, gen, classes=("cat", "dog", "emu"), n=(4, 2), corrupt=Non
     if corrupt:
         (root / corrupt).write_bytes(b"not an image at all")
     return root
-
-
-def to_tar(root, path):
-    with tarfile.open(path, "w:gz") as t:
-        t.add(root, arcname="imgs")
-    return path
 
 
 def test_class_folders_directory_and_archive(tmp_path, gen):
