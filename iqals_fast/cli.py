@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--suite", choices=("table2", "corruptions", "all"), default="all",
                    help="table2: the ten sets of Table 2; corruptions: CIFAR-10-C severities 1-5 of noise, blur, "
                         "JPEG; all: both (default). Each set also gets calibration metrics")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     tb = sub.add_parser("table", help="Table 2 from evaluated runs (Markdown; CSV with --out)")
     tb.add_argument("runs", nargs="+", type=Path)
@@ -153,7 +154,7 @@ def _run(args, argv=None) -> int:
 
         for r in args.runs:
             res = evaluate(r, data=args.data, device=args.device, backend=args.backend, test_subset=args.test_subset,
-                           suite=args.suite)
+                           suite=args.suite, progress=not args.no_progress)
             for part in ("results", "corruptions"):
                 if res[part]:
                     accs = "  ".join(f"{k} {100 * v['accuracy']:.2f}" for k, v in res[part].items())

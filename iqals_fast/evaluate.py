@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .config import KINDS, LEVELS
 from .data.mixture import DistortionCache
@@ -61,24 +62,39 @@ def test_set_name(kind: str, level: int) -> str:
     return "pristine" if kind == "pristine" else f"{kind}{level}"
 
 
-def test_sets(ds: Dataset, backend: str = "auto") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (uint8 images, SSIM scores) for the ten test sets."""
+def test_sets(ds: Dataset, backend: str = "auto", bar=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (uint8 images, SSIM scores) for the ten test sets (``bar``: a tqdm bar, one step a set)."""
     cache = DistortionCache(ds.test_x, backend=backend)
     idx = np.arange(len(ds.test_y))
     out = {"pristine": (ds.test_x, np.ones(len(idx), np.float32))}
     for kind, lvl in TEST_SETS[1:]:
+        _named(bar, f"distort {test_set_name(kind, lvl)}")
         out[test_set_name(kind, lvl)] = cache.get(kind, lvl, idx, TEST_NOISE_SEED)
+        _done(bar)
     return out
 
 
-def corruption_sets(ds: Dataset, backend: str = "auto") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _named(bar, what: str) -> None:
+    """Show on a progress bar (or None) what it is doing now."""
+    if bar is not None:
+        bar.set_postfix_str(what, refresh=False)
+
+
+def _done(bar) -> None:
+    if bar is not None:
+        bar.update(1)
+
+
+def corruption_sets(ds: Dataset, backend: str = "auto", bar=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``"<corruption>-<severity>"`` -> (uint8 images, SSIM scores) for the CIFAR-10-C severities."""
     ids = np.arange(len(ds.test_y), dtype=np.int64)
     out = {}
     for name, (kind, params) in CORRUPTIONS.items():
         for sev, p in zip(SEVERITIES, params):
+            _named(bar, f"distort {name}-{sev}")
             out[f"{name}-{sev}"] = distort_and_score(ds.test_x, kind, param=p, seed=TEST_NOISE_SEED, ids=ids,
                                                      backend=backend)
+            _done(bar)
     return out
 
 
@@ -97,9 +113,10 @@ def predict(model, images: np.ndarray, device, batch: int = 1000) -> np.ndarray:
     return np.exp(predict_log_probs(model, images, device, batch)).astype(np.float32)
 
 
-def _suite(model, sets, labels, device, memo: dict) -> tuple[dict, dict]:
+def _suite(model, sets, labels, device, memo: dict, bar=None) -> tuple[dict, dict]:
     results, pool_conf, pool_ssim = {}, [], []
     for name, (x, s) in sets.items():
+        _named(bar, f"test {name}")
         # some sets hold the same images (CIFAR-10-C blur 0.7 and 1.0, noise 0.01 are Table 2's blur1, blur2, noise2)
         key = hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16).hexdigest()
         if key not in memo:
@@ -108,6 +125,7 @@ def _suite(model, sets, labels, device, memo: dict) -> tuple[dict, dict]:
         results[name] = classification_metrics(lp, labels, s)
         pool_conf.append(np.exp(lp[np.arange(len(labels)), labels]))
         pool_ssim.append(np.asarray(s, np.float64))
+        _done(bar)
     return results, {"conf": np.concatenate(pool_conf), "ssim": np.concatenate(pool_ssim)}
 
 
@@ -129,14 +147,15 @@ def needs_eval(run: Path, suite: str = "all") -> bool:
 
 def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend: str = "auto",
              dataset: Dataset | None = None, sets=None, corruptions=None, test_subset: int | None = None,
-             suite: str = "all") -> dict:
+             suite: str = "all", progress: bool = False) -> dict:
     """Test a trained run on ``suite``'s test sets; writes ``RUN/eval.json`` atomically.
 
     ``suite``: ``table2``, ``corruptions`` or ``all``. Evaluating one suite keeps the other's results
     already in eval.json (if its layout is current); ``corruptions`` also evaluates Table 2's sets when
     eval.json lacks them (corruption errors need the clean accuracy). ``test_subset`` keeps a class-balanced N of the
     test images (Table 2 proper uses the whole test set). ``sets`` / ``corruptions`` pass
-    precomputed test sets (name -> (images, SSIM)), to share them between runs.
+    precomputed test sets (name -> (images, SSIM)), to share them between runs. ``progress``: a bar
+    over the sets distorted and tested (on stderr).
     """
     if suite not in SUITES:
         raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
@@ -164,12 +183,17 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
            "results": old.get("results", {}), "corruptions": old.get("corruptions", {}),
            "pooled": {k: v for k, v in old.get("pooled", {}).items() if k != "all"}}
     pools, memo = {}, {}
-    if suite in ("table2", "all") or not out["results"]:
-        s = sets if sets is not None else test_sets(ds, backend)
-        out["results"], pools["table2"] = _suite(model, s, ds.test_y, device, memo)
-    if suite in ("corruptions", "all"):
-        c = corruptions if corruptions is not None else corruption_sets(ds, backend)
-        out["corruptions"], pools["corruptions"] = _suite(model, c, ds.test_y, device, memo)
+    do_table2 = suite in ("table2", "all") or not out["results"]
+    do_corr = suite in ("corruptions", "all")
+    steps = (do_table2 * (len(TEST_SETS) + (len(TEST_SETS) - 1) * (sets is None))
+             + do_corr * (len(CORRUPTION_SETS) * (1 + (corruptions is None))))
+    with tqdm(total=steps, desc=f"eval {run.name}", unit="set", disable=not progress, dynamic_ncols=True) as bar:
+        if do_table2:
+            s = sets if sets is not None else test_sets(ds, backend, bar)
+            out["results"], pools["table2"] = _suite(model, s, ds.test_y, device, memo, bar)
+        if do_corr:
+            c = corruptions if corruptions is not None else corruption_sets(ds, backend, bar)
+            out["corruptions"], pools["corruptions"] = _suite(model, c, ds.test_y, device, memo, bar)
     for k, pool in pools.items():
         out["pooled"][k] = {"spearman_true_conf_ssim": _rho(pool), "n": int(len(pool["conf"]))}
     if len(pools) == 2:

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .config import STRATEGIES
 from .data.sources import atomic_write_bytes, load
-from .evaluate import corruption_sets, evaluate, needs_eval, test_sets
+from .evaluate import CORRUPTION_SETS, TEST_SETS, corruption_sets, evaluate, needs_eval, test_sets
 from .ops.iqa import check_measure
 from .report import (
     SET_NAMES,
@@ -105,7 +106,7 @@ def reproduce(protocol: str = "small", *, data: str = "cifar10", out: str | Path
             if not _finished(run, p.epochs):
                 train(cfg, resume=(run / CHECKPOINT).is_file(), dataset=ds, progress=progress)
             runs.append(run)
-    evaluate_runs(runs, ds, p.test_subset, device=device, backend=backend)
+    evaluate_runs(runs, ds, p.test_subset, device=device, backend=backend, progress=progress)
     ssim_runs = []
     if iqa != "ssim":
         # the 0-1 label runs not asked for, where already evaluated, complete the comparison (never retrained)
@@ -126,16 +127,20 @@ def reproduce(protocol: str = "small", *, data: str = "cifar10", out: str | Path
     return rep / "report.md"
 
 
-def evaluate_runs(runs, ds, test_subset: int | None, *, device: str = "cpu", backend: str = "auto") -> None:
+def evaluate_runs(runs, ds, test_subset: int | None, *, device: str = "cpu", backend: str = "auto",
+                  progress: bool = False) -> None:
     """Evaluate every run whose eval.json is missing or older than the current layout (both suites);
     the test sets are computed once and shared."""
     todo = [r for r in runs if needs_eval(r, "all")]
     if not todo:
         return
     sub = ds.test_subset(test_subset)
-    sets, corr = test_sets(sub, backend), corruption_sets(sub, backend)
+    with tqdm(total=len(TEST_SETS) - 1 + len(CORRUPTION_SETS), desc="test sets", unit="set",
+              disable=not progress, dynamic_ncols=True) as bar:
+        sets, corr = test_sets(sub, backend, bar), corruption_sets(sub, backend, bar)
     for r in todo:
-        evaluate(r, device=device, backend=backend, dataset=ds, sets=sets, corruptions=corr, test_subset=test_subset)
+        evaluate(r, device=device, backend=backend, dataset=ds, sets=sets, corruptions=corr, test_subset=test_subset,
+                 progress=progress)
 
 
 def claims(agg: dict) -> list[str]:

@@ -96,6 +96,22 @@ def test_suites_merge_and_old_layouts_are_detected(runs):
     assert needs_eval(r, "table2")
 
 
+def test_eval_progress_bar_counts_every_set(runs, capsys):
+    """``iqals-fast eval`` shows a bar over the sets it distorts (24) and tests (25), naming each; the
+    library call and ``--no-progress`` stay silent on stderr."""
+    from iqals_fast.cli import main
+
+    evaluate(runs[1], dataset=DS)
+    assert capsys.readouterr().err == ""
+    evaluate(runs[1], dataset=DS, progress=True)
+    err = capsys.readouterr().err
+    assert "49/49" in err and "test jpeg_compression-5" in err  # the last refresh: all counted
+    evaluate(runs[1], dataset=DS, suite="table2", progress=True)  # 9 distorted sets, 10 tested
+    assert "19/19" in capsys.readouterr().err
+    assert main(["eval", str(runs[1]), "--suite", "table2", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_corruption_errors_by_hand():
     def ev(clean_acc, accs):
         return {"results": {"pristine": {"accuracy": clean_acc}},
