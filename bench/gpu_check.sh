@@ -49,23 +49,24 @@ fi
 #    images too). Measurements first: the Triton test file's JIT compiles took 180+ s on an H200.
 step bench 240 "$PY" bench/gpu_bench.py --device cuda --n 50000 --out "$OUTDIR"
 
-# 3b. the fused kernel's machine code under this machine's Triton (registers, spills, MMAs per
+# 4. parity tests of the Triton kernels on the GPU (every dot mode and candidate configuration), before
+#    the slower steps: a candidate that wins the benchmark needs them to become the default
+step tests_triton 150 "$PY" -m pytest tests/test_triton_backend.py --device cuda -q -p no:cacheprovider -rs
+
+# 4b. the fused kernel's machine code under this machine's Triton (registers, spills, MMAs per
 #     configuration), to read beside the timings above (the committed profile is another Triton's)
 step sass 60 "$PY" bench/sass_stats.py --preset fused --preset score_only --config default --config w2 \
   --config iso_w4_r168 --config stack_iso_w4_r168 --config stack_iso_w8_r128
 
-# 4. training throughput (issue 5): eager vs compiled (CUDA graphs) model-only steps at batch 100, and
+# 5. training throughput (issue 5): eager vs compiled (CUDA graphs) model-only steps at batch 100, and
 #    the full strategy-9 pipeline (real train(): data, distortions, SSIM, steps, checkpoints)
 step train_bench 200 "$PY" -m iqals_fast bench --device cuda --data "$IQALS_CIFAR_JPEG" -n 50000 --epochs 3 \
   --steps 50 --rounds 5 --out "$OUTDIR/train-bench.json"
 
-# 5. parity tests of the Triton kernels on the GPU (both dot precisions)
-step tests_triton 180 "$PY" -m pytest tests/test_triton_backend.py --device cuda -q -p no:cacheprovider -rs
-
 # 5b. the CLI end to end on the GPU: train (compiled), then evaluation through the GPU backends
 step train_gpu 100 bash -c "'$PY' -m iqals_fast train --strategy 9 --data '$IQALS_CIFAR_JPEG' --epochs 2 \
   --train-subset 20000 --device cuda --out /tmp/gpu_run --no-progress && cat /tmp/gpu_run/metrics.jsonl && \
-  '$PY' -m iqals_fast eval /tmp/gpu_run --device cuda && tail -c 600 /tmp/gpu_run/eval.json"
+  '$PY' -m iqals_fast eval /tmp/gpu_run --device cuda --no-progress && tail -c 600 /tmp/gpu_run/eval.json"
 
 # 6. the rest of the suite on the GPU, fast tests only
 step tests_other 120 "$PY" -m pytest tests --device cuda -q -p no:cacheprovider -m "not slow" \

@@ -257,6 +257,7 @@ def test_distort_strided_input_and_empty_batch(gen, device):
 KERNEL_CONFIGS = [dict(isolate_dots=True), dict(isolate_dots=True, num_warps=8, maxnreg=128),
                   dict(num_warps=2, maxnreg=0), dict(stack_moments=True),
                   dict(stack_moments=True, isolate_dots=True), dict(stack_moments=True, dot="tf32"),
+                  dict(stack_moments=True, isolate_dots=True, num_warps=8, maxnreg=128),
                   dict(stack_moments=True, dot="ieee")]
 """The candidate configurations bench/gpu_bench.py times beside the default (see kds' "Warps")."""
 
