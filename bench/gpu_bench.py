@@ -9,8 +9,9 @@ Run from the repository root (bench/gpu_check.sh does, after installing and test
 Steps (each guarded: one failing step records its error and the others still run):
   env      device name, torch / triton / library versions
   images   decode the CIFAR-10 training JPEGs ($IQALS_CIFAR_JPEG, default .data/cifar10-jpeg.tar.gz)
-  distort  blur(1.0) + noise(0.01) + SSIM: Triton fused kernel (its default configuration and the
-           CANDIDATES: dot mode, programs per SM, warps, register cap) vs the torch backend, kornia,
+  distort  blur(1.0) + noise(0.01) + SSIM: Triton fused kernel (iqals_fast/kernels/distort_and_score.py:
+           its DEFAULT configuration and its CANDIDATES: dot mode, programs per SM, warps, register cap,
+           isolated dots, stacked moments) vs the torch backend (ops/reference.py), kornia,
            pytorch-msssim, torchmetrics, fused-ssim where they import; SSIM-only timings too; parity of
            the Triton result against the torch backend (--quick: no torchmetrics / IEEE dots)
   loss     soft-label MSE forward + backward, K = 10, B in 100 .. 65536, in two regimes:
@@ -29,6 +30,7 @@ More steps (training throughput) can be appended to STEPS.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import multiprocessing
@@ -44,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from iqals_fast.kernels.distort_and_score import CANDIDATES
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMA, VAR, SEED = 1.0, 0.01, 2024
@@ -133,8 +137,8 @@ def step_images(ctx):
             images = np.concatenate(list(pool.map(_decode, chunks)))
         source = str(path)
     else:  # no archive: generated images, and the JSON says so
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import generated_images
+        sys.path.insert(0, str(ROOT / "bench"))
+        from contenders import generated_images
 
         images = generated_images(n, 32, 32, seed=0)
         source = f"generated (archive not found at {path})"
@@ -143,59 +147,36 @@ def step_images(ctx):
             "decode_s": time.perf_counter() - t0}
 
 
-CANDIDATES = {
-    # name: distort_ssim keyword arguments (isolate_dots, stack_moments: False unless given; maxnreg=0: no cap).
-    # Timed in this order, the likeliest winners first. Static cost of each on the device's Triton (3.6):
-    # bench/results/sass-sm90-triton3.6.md; beside the H200 timings: bench/results/sass-sm90-vs-h200.md.
-    # -- the four SSIM moments in two stacked products (the second a Hopper wgmma), the blur's dots isolated
-    "stack_iso_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, stack_moments=True,
-                                   isolate_dots=True),
-    # -- each dot isolated from the chain: warps 2 x 2 (2 x 4 at 8 warps), no MMA block repeated
-    "iso_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, isolate_dots=True),
-    "stack_iso_pps2_w8_r128": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=128, stack_moments=True,
-                                   isolate_dots=True),
-    "stack_iso_pps4_w4_r128": dict(dot="fp16", programs_per_sm=4, num_warps=4, maxnreg=128, stack_moments=True,
-                                   isolate_dots=True),
-    # -- 2 warps: the chained dots' [2, 1] layout repeats no MMA block (4 warps repeat half of them)
-    "fp16_pps4_w2": dict(dot="fp16", programs_per_sm=4, num_warps=2, maxnreg=0),
-    "fp16_pps6_w2_r168": dict(dot="fp16", programs_per_sm=6, num_warps=2, maxnreg=168),
-    "iso_pps2_w8_r128": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=128, isolate_dots=True),
-    "iso_pps4_w4_r128": dict(dot="fp16", programs_per_sm=4, num_warps=4, maxnreg=128, isolate_dots=True),
-    "iso_pps3_w8_r80": dict(dot="fp16", programs_per_sm=3, num_warps=8, maxnreg=80, isolate_dots=True),
-    "stack_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168, stack_moments=True),
-    # -- timed on the H200 before (5.0-5.1, 6.1, 11.3 ms; TF32): reference points of the same run
-    "chained_pps3_w4_r168": dict(dot="fp16", programs_per_sm=3, num_warps=4, maxnreg=168),
-    "fp16_pps4_w4": dict(dot="fp16", programs_per_sm=4, num_warps=4, maxnreg=0),
-    "fp16_pps2_w8": dict(dot="fp16", programs_per_sm=2, num_warps=8, maxnreg=0),
-    "tf32_pps2_w4": dict(dot="tf32", programs_per_sm=2, num_warps=4, maxnreg=0),
-}
-"""Configurations of the fused kernel timed beside its default (each compiles once, ~2-5 s)."""
-for _kw in CANDIDATES.values():  # each names what it is, whatever the launcher's defaults become
-    _kw.setdefault("isolate_dots", False)
-    _kw.setdefault("stack_moments", False)
+# CANDIDATES: the fused kernel's configurations timed beside its DEFAULT, in order (each compiles once,
+# ~2-5 s), from iqals_fast/kernels/distort_and_score.py; why each: research/triton-tuning.md.
 SSIM_ONLY_CANDIDATES = ("stack_pps3_w4_r168", "fp16_pps4_w2", "iso_pps3_w4_r168", "stack_iso_pps2_w8_r128",
                         "iso_pps4_w4_r128", "iso_pps2_w8_r128", "fp16_pps4_w4", "fp16_pps2_w8")
 """The candidates also timed in score-only mode (there, with no blur, stack_iso is stack's code)."""
 
 
 def step_distort(ctx):
-    import importlib
-
-    from iqals_fast.ops import torch_backend as ref
-    from iqals_fast.ops import triton_backend  # noqa: F401  (first: it finds kernels/ in a bare checkout)
-    from iqals_fast.ops.filters import gaussian_blur, planes
+    from iqals_fast.kernels import distort_and_score as kds
+    from iqals_fast.ops import reference as ref
+    from iqals_fast.ops import triton as adapter
     from iqals_fast.ops.noise import normals
+    from iqals_fast.ops.reference import gaussian_blur, planes
 
-    kds = importlib.import_module("iqals_fast.kernels.distort_ssim")
+    blur_taps = adapter._blur_taps(SIGMA)
+    window = (adapter.SSIM_TAPS, adapter.C1_255, adapter.C2_255)
+
+    def fused(config=None):
+        return kds.distort_and_score(x, blur_taps, std, SEED, ids, True, *window, config=config)
+
+    def score_only(config=None):
+        return kds.distort_and_score(x, None, None, 0, None, True, *window, distorted=y8, config=config)
 
     args, dev, x = ctx["args"], ctx["device"], ctx["images"]
     n = x.shape[0]
     ids = torch.arange(n, device=dev)
     std = VAR**0.5
     res = {"n": n, "sigma": SIGMA, "var": VAR, "timings": {}, "ssim_only": {}, "errors": {},
-           "default_config": {"dot": kds.DEFAULT_DOT, "programs_per_sm": kds.PROGRAMS_PER_SM,
-                              "num_warps": kds.NUM_WARPS, "maxnreg": kds.MAXNREG},
-           "candidates": CANDIDATES}
+           "default_config": dataclasses.asdict(kds.DEFAULT),
+           "candidates": {name: dataclasses.asdict(c) for name, c in CANDIDATES.items()}}
     tm = res["timings"]
     rep = dict(warmup=args.warmup, repeats=args.repeats)
 
@@ -226,22 +207,21 @@ def step_distort(ctx):
             entry["parity_error"] = f"{type(e).__name__}: {e}"
 
     # -- Triton fused kernel: the default configuration, then the candidates (and what each changes)
-    run(tm, "triton", lambda: kds.distort_ssim(x, SIGMA, std, SEED, ids, True))
-    d_out, d_s = kds.distort_ssim(x, SIGMA, std, SEED, ids, True) if "triton" in tm else (None, None)
-    for name, kw in CANDIDATES.items():
-        run(tm, f"triton_{name}", lambda kw=kw: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, **kw))
+    run(tm, "triton", fused)
+    d_out, d_s = fused() if "triton" in tm else (None, None)
+    for name, cfg in CANDIDATES.items():
+        run(tm, f"triton_{name}", lambda cfg=cfg: fused(cfg))
         if f"triton_{name}" in tm and d_s is not None:
-            same_as_default(tm[f"triton_{name}"], lambda kw=kw: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, **kw),
-                            d_out, d_s)
+            same_as_default(tm[f"triton_{name}"], lambda cfg=cfg: fused(cfg), d_out, d_s)
     del d_out, d_s
     if not args.quick:
-        run(tm, "triton_ieee", lambda: kds.distort_ssim(x, SIGMA, std, SEED, ids, True, dot="ieee"))
+        run(tm, "triton_ieee", lambda: fused(dataclasses.replace(kds.DEFAULT, dot="ieee")))
     # -- the torch backend on the same device (the reference)
-    run(tm, "torch_backend", lambda: ref.distort_score(x, SIGMA, VAR, SEED, ids, True))
+    run(tm, "torch_backend", lambda: ref.distort_and_score(x, SIGMA, VAR, SEED, ids, True))
 
     # -- parity of the fused kernel with the reference on all n images
-    out, s = kds.distort_ssim(x, SIGMA, std, SEED, ids, True)
-    r_out, r_s = ref.distort_score(x, SIGMA, VAR, SEED, ids, True)
+    out, s = fused()
+    r_out, r_s = ref.distort_and_score(x, SIGMA, VAR, SEED, ids, True)
     d = (out.int() - r_out.int()).abs()
     res["parity_vs_torch_backend"] = {
         "bytes_max_diff": int(d.max()), "bytes_frac_diff": float((d > 0).double().mean()),
@@ -304,15 +284,14 @@ def step_distort(ctx):
         run(tm, f"{mod}(+torch blur)", lambda f=f: f(torch_blur_noise(), xf, padding="valid", train=False))
 
     # -- SSIM only (images distorted elsewhere, e.g. JPEG): the fused kernel's score-only mode
-    y8 = ref.distort_score(x, SIGMA, VAR, SEED, ids, False)[0]
-    run(res["ssim_only"], "triton", lambda: kds.distort_ssim(x, distorted=y8))
-    d_s = kds.distort_ssim(x, distorted=y8)[1] if "triton" in res["ssim_only"] else None
+    y8 = ref.distort_and_score(x, SIGMA, VAR, SEED, ids, False)[0]
+    run(res["ssim_only"], "triton", score_only)
+    d_s = score_only()[1] if "triton" in res["ssim_only"] else None
     for name in SSIM_ONLY_CANDIDATES:
-        kw = CANDIDATES[name]
-        run(res["ssim_only"], f"triton_{name}", lambda kw=kw: kds.distort_ssim(x, distorted=y8, **kw))
+        cfg = CANDIDATES[name]
+        run(res["ssim_only"], f"triton_{name}", lambda cfg=cfg: score_only(cfg))
         if f"triton_{name}" in res["ssim_only"] and d_s is not None:
-            same_as_default(res["ssim_only"][f"triton_{name}"], lambda kw=kw: kds.distort_ssim(x, distorted=y8, **kw),
-                            None, d_s)
+            same_as_default(res["ssim_only"][f"triton_{name}"], lambda cfg=cfg: score_only(cfg), None, d_s)
     run(res["ssim_only"], "torch_backend", lambda: ref.ssim(x, y8))
 
     base = tm.get("triton", {}).get("median_s")
@@ -348,8 +327,8 @@ def graphed(step, dev, per_graph=1):
 
 
 def step_loss(ctx):
-    from iqals_fast.ops import torch_backend as ref
-    from iqals_fast.ops import triton_backend as tbk
+    from iqals_fast.ops import reference as ref
+    from iqals_fast.ops import triton as tbk
 
     args, dev = ctx["args"], ctx["device"]
     k = 10

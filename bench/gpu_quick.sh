@@ -6,6 +6,7 @@
 #   CUDA Triton tests.
 #
 #   bash bench/gpu_quick.sh            # from the repository root; carry .data and .whl
+#   DEVICE=cpu bash bench/gpu_quick.sh # dry run on a CPU (Triton interpreter, tiny sizes)
 #
 # Outputs in $OUT (or bench/results/quick): gpu_quick.log (every step's output, with a summary of
 # exit codes and seconds at the end) and the benchmark's JSON. Each step has its own timeout, capped by
@@ -20,6 +21,13 @@ LOG="$OUTDIR/gpu_quick.log"
 export IQALS_CIFAR_JPEG="${IQALS_CIFAR_JPEG:-$PWD/.data/cifar10-jpeg.tar.gz}"
 export TRITON_DEFAULT_FP_FUSION="${TRITON_DEFAULT_FP_FUSION:-1}"  # triton >= 3.9 warns if unset
 BUDGET_S="${BUDGET_S:-360}"
+DEVICE="${DEVICE:-cuda}"
+if [[ "$DEVICE" == cpu ]]; then  # dry run: the Triton kernels in the interpreter, tiny sizes
+  export TRITON_INTERPRET=1
+  N=16 BENCH_ARGS=(--tiny)
+else
+  N=50000 BENCH_ARGS=()
+fi
 T0=$(date +%s)
 SUMMARY=""
 
@@ -37,23 +45,23 @@ step() {  # step NAME TIMEOUT_S CMD...: run CMD with a timeout capped by the rem
   return $rc
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$LOG" 2>&1 || true
+[[ "$DEVICE" == cpu ]] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$LOG" 2>&1 || true
 
 if ls .whl/*.whl > /dev/null 2>&1; then
   step wheels 30 "$PY" -m pip install -q --no-index --no-deps .whl/*.whl
 fi
 if ! step install 60 "$PY" -m pip install -q --no-build-isolation --no-deps -e .; then
-  echo "install failed: using the source tree (PYTHONPATH=$PWD; kernels load from ./kernels)" | tee -a "$LOG"
+  echo "install failed: using the source tree (PYTHONPATH=$PWD; no C++ extension)" | tee -a "$LOG"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 # the benchmark first (one JSON into $OUTDIR, its table into the log; it also checks every candidate's
 # bytes and scores against the default's on all 50,000 images), then the CUDA parity tests
-step bench 200 "$PY" bench/gpu_bench.py --device cuda --n 50000 --quick --out "$OUTDIR"
+step bench 200 "$PY" bench/gpu_bench.py --device "$DEVICE" --n "$N" --quick "${BENCH_ARGS[@]}" --out "$OUTDIR"
 
-# CUDA parity tests of the Triton kernels (every compile counts: the file is sized for < 60 s warm)
-step tests_triton 150 "$PY" -m pytest tests/test_triton_backend.py --device cuda -q -p no:cacheprovider -rs \
-  --durations=10
+# CUDA parity tests of the Triton kernels (every compile counts: the CUDA cases are sized for < 60 s warm)
+step tests_triton 150 "$PY" -m pytest tests/ops tests/kernels -k "triton or kernels" --device "$DEVICE" -q \
+  -p no:cacheprovider -rs --durations=10
 
 echo "=== done in $(( $(date +%s) - T0 ))s; steps (name rc seconds):" | tee -a "$LOG"
 printf "%s" "$SUMMARY" | tee -a "$LOG"

@@ -1,9 +1,13 @@
-// Python bindings of the CPU kernels: the module iqals_fast._C.
+// Python bindings of the CPU kernels (kernels.h): the module iqals_fast._C.
 //
-// Only binds. Every argument is checked here and a wrong one raises TypeError or ValueError with
-// its name; the kernels then run on raw pointers with the GIL released. Arrays are numpy arrays
-// (torch CPU tensors arrive through .numpy(), see iqals_fast/ops/cpu_backend.py); constants (taps,
-// C1, C2) come from iqals_fast.config through the Python wrapper, so none is duplicated here.
+// Only binds, and checks what protects memory: types and dtypes, contiguity, shapes that agree,
+// sizes the kernels' buffers and 32-bit counters hold (an SSIM window that fits the image, at most
+// kMaxTaps taps, an odd number of them, the thread count, the LRN radius). A wrong one raises
+// TypeError or ValueError with its name; the kernels then run on raw pointers with the GIL released.
+// The value rules (image sizes, finite parameters, seed and id ranges) are Python's, stated once in
+// iqals_fast/ops/checks.py. Arrays are numpy arrays (torch CPU tensors arrive through .numpy(), see
+// iqals_fast/ops/cpu.py); constants (taps, C1, C2) come from iqals_fast.config through the Python
+// adapter, so none is duplicated here.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -12,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "distort_ssim.h"
+#include "kernels.h"
 
 namespace py = pybind11;
 
@@ -43,9 +47,9 @@ struct Images {
     const uint8_t* data() const { return static_cast<const uint8_t*>(array.data()); }
 };
 
-// uint8, N x H x W x 3, C-contiguous, H and W at least min_side. (The kernels run on any size; the
-// public API's own minimum, 8 x 8, is checked in Python where it is defined.)
-Images check_images(const py::object& o, const char* name, int min_side) {
+// uint8, N x H x W x 3, C-contiguous, H * W * 3 within the 32-bit noise counter. (The kernels run on
+// any size; scoring needs the SSIM window to fit, checked with the window.)
+Images check_images(const py::object& o, const char* name) {
     py::array a = as_ndarray(o, name);
     if (a.dtype().kind() != 'u' || a.dtype().itemsize() != 1) {
         throw py::type_error(std::string(name) + " must have dtype uint8, got " + dtype_of(a));
@@ -53,11 +57,6 @@ Images check_images(const py::object& o, const char* name, int min_side) {
     if (a.ndim() != 4 || a.shape(3) != 3) {
         throw py::value_error(std::string(name) + " must have shape N x H x W x 3 (RGB, channels last), got " +
                               shape_of(a));
-    }
-    if (a.shape(1) < min_side || a.shape(2) < min_side) {
-        throw py::value_error(std::string(name) + " must be at least " + std::to_string(min_side) + " x " +
-                              std::to_string(min_side) + " pixels, got H x W = " + std::to_string(a.shape(1)) +
-                              " x " + std::to_string(a.shape(2)));
     }
     if (!(a.flags() & py::array::c_style)) {
         throw py::value_error(std::string(name) + " must be C-contiguous (use numpy.ascontiguousarray)");
@@ -68,7 +67,7 @@ Images check_images(const py::object& o, const char* name, int min_side) {
     return {a, a.shape(0), int(a.shape(1)), int(a.shape(2))};
 }
 
-// A 1-D odd-length symmetric array of finite, non-negative floats: a normalised Gaussian's taps.
+// A 1-D float array of odd length (the kernels index taps 0 .. 2r around the centre r).
 std::vector<float> check_taps(const py::object& o, const char* name) {
     py::array a = as_ndarray(o, name);
     if (a.dtype().kind() != 'f') throw py::type_error(std::string(name) + " must be a float array, got " + dtype_of(a));
@@ -77,16 +76,7 @@ std::vector<float> check_taps(const py::object& o, const char* name) {
     }
     auto d = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
     std::vector<float> taps(size_t(a.shape(0)));
-    for (size_t k = 0; k < taps.size(); ++k) {
-        const double v = d.at(py::ssize_t(k));
-        if (!std::isfinite(v) || v < 0) {
-            throw py::value_error(std::string(name) + " must be finite and >= 0, got " + std::to_string(v));
-        }
-        taps[k] = float(v);  // as torch rounds the float64 taps to float32
-    }
-    for (size_t k = 0; k < taps.size() / 2; ++k) {
-        if (taps[k] != taps[taps.size() - 1 - k]) throw py::value_error(std::string(name) + " must be symmetric");
-    }
+    for (size_t k = 0; k < taps.size(); ++k) taps[k] = float(d.at(py::ssize_t(k)));  // as torch rounds them
     return taps;
 }
 
@@ -109,16 +99,8 @@ int64_t as_int(const py::object& o, const char* name) {
     return o.cast<int64_t>();
 }
 
-float check_positive(double v, const char* name) {
-    if (!std::isfinite(v) || v <= 0) throw py::value_error(std::string(name) + " must be finite and > 0, got " + std::to_string(v));
-    return float(v);
-}
-
-uint32_t check_u32(const py::object& o, const char* name) {
-    const int64_t v = as_int(o, name);
-    if (v < 0 || v >= kMaxOffset) throw py::value_error(std::string(name) + " must lie in [0, 2**32), got " + std::to_string(v));
-    return uint32_t(v);
-}
+// The low 32 bits of an integer (seeds and ids are uint32; their range is a value rule, checks.py).
+uint32_t as_u32(const py::object& o, const char* name) { return uint32_t(uint64_t(as_int(o, name))); }
 
 // The kernels of instruction set `isa` ("best": the best this CPU runs).
 const iqals::Kernels& kernels(const std::string& isa) {
@@ -148,8 +130,8 @@ void check_window_size(const std::vector<float>& taps, const char* name) {
 iqals::SSIMWindow ssim_window(const std::vector<float>& taps, const py::object& c1, const py::object& c2) {
     iqals::SSIMWindow win;
     win.taps = {taps.data(), int(taps.size())};
-    win.c1 = check_positive(as_real(c1, "c1"), "c1");
-    win.c2 = check_positive(as_real(c2, "c2"), "c2");
+    win.c1 = float(as_real(c1, "c1"));
+    win.c2 = float(as_real(c2, "c2"));
     return win;
 }
 
@@ -161,12 +143,12 @@ void check_fits_window(const Images& im, const char* name, int win) {
     }
 }
 
-py::tuple distort_score(const py::object& images, const py::object& blur_taps, const py::object& noise_var,
+py::tuple distort_and_score(const py::object& images, const py::object& blur_taps, const py::object& noise_var,
                         const py::object& seed, const py::object& ids, const py::object& ssim_taps,
                         const py::object& c1, const py::object& c2, const py::object& threads_arg,
                         const std::string& isa) {
     const iqals::Kernels& k = kernels(isa);
-    const Images im = check_images(images, "images", 1);
+    const Images im = check_images(images, "images");
     const int threads = check_threads(threads_arg);
 
     std::vector<float> blur;
@@ -177,11 +159,10 @@ py::tuple distort_score(const py::object& images, const py::object& blur_taps, c
     py::array_t<int64_t> id_array;
     if (!noise_var.is_none()) {
         const double var = as_real(noise_var, "noise_var");
-        if (!std::isfinite(var) || var < 0) throw py::value_error("noise_var must be finite and >= 0, got " + std::to_string(var));
         noise.on = var > 0;  // variance 0 adds exactly nothing
         noise.std = float(std::sqrt(var));
     }
-    noise.seed = check_u32(seed, "seed");
+    noise.seed = as_u32(seed, "seed");
     if (ids.is_none()) {
         id_values.resize(size_t(im.n));
         for (int64_t i = 0; i < im.n; ++i) id_values[size_t(i)] = i;
@@ -195,9 +176,6 @@ py::tuple distort_score(const py::object& images, const py::object& blur_taps, c
         }
         id_array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
         id_values.assign(id_array.data(), id_array.data() + im.n);
-        for (int64_t v : id_values) {
-            if (v < 0 || v >= kMaxOffset) throw py::value_error("ids must lie in [0, 2**32), got " + std::to_string(v));
-        }
     }
     noise.ids = id_values.data();
 
@@ -223,7 +201,7 @@ py::tuple distort_score(const py::object& images, const py::object& blur_taps, c
         const iqals::Taps blur_t{blur.data(), int(blur.size())};
         uint8_t* out_ptr = out.mutable_data();
         py::gil_scoped_release release;
-        k.distort_score(im.data(), im.n, im.h, im.w, blur_t, noise, window, out_ptr, score_ptr, threads);
+        k.distort_and_score(im.data(), im.n, im.h, im.w, blur_t, noise, window, out_ptr, score_ptr, threads);
     }
     return py::make_tuple(out, scores);
 }
@@ -232,8 +210,8 @@ py::array_t<float> ssim(const py::object& reference, const py::object& distorted
                         const py::object& c1, const py::object& c2, const py::object& threads_arg,
                         const std::string& isa) {
     const iqals::Kernels& k = kernels(isa);
-    const Images x = check_images(reference, "reference", 1);
-    const Images y = check_images(distorted, "distorted", 1);
+    const Images x = check_images(reference, "reference");
+    const Images y = check_images(distorted, "distorted");
     if (x.n != y.n || x.h != y.h || x.w != y.w) {
         throw py::value_error("reference and distorted must have the same shape, got " + shape_of(x.array) + " and " +
                               shape_of(y.array));
@@ -266,16 +244,15 @@ py::array check_nchw(const py::object& o, const char* name) {
     return a;
 }
 
+// The radius sizes the kernels' scratch (C + 2 radius floats per pixel): bounded here. bias, alpha and
+// beta are values (checks.lrn_params).
 iqals::Lrn lrn_params(const py::object& radius, const py::object& bias, const py::object& alpha, const py::object& beta) {
     iqals::Lrn p;
     p.radius = as_int(radius, "radius");
     if (p.radius < 0 || p.radius > 4096) throw py::value_error("radius must lie in [0, 4096], got " + std::to_string(p.radius));
-    p.bias = check_positive(as_real(bias, "bias"), "bias");
-    const double a = as_real(alpha, "alpha"), b = as_real(beta, "beta");
-    if (!std::isfinite(a) || a < 0) throw py::value_error("alpha must be finite and >= 0, got " + std::to_string(a));
-    if (!std::isfinite(b)) throw py::value_error("beta must be finite, got " + std::to_string(b));
-    p.alpha = float(a);
-    p.beta = float(b);
+    p.bias = float(as_real(bias, "bias"));
+    p.alpha = float(as_real(alpha, "alpha"));
+    p.beta = float(as_real(beta, "beta"));
     return p;
 }
 
@@ -339,8 +316,8 @@ py::tuple philox(const py::object& counters, const py::object& id, const py::obj
     }
     auto c = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>::ensure(a);
     py::array_t<uint32_t> w0(a.shape(0)), w1(a.shape(0));
-    kernels(isa).philox(c.data(), a.shape(0), check_u32(id, "id"), check_u32(seed, "seed"), w0.mutable_data(),
-                  w1.mutable_data());
+    kernels(isa).philox(c.data(), a.shape(0), as_u32(id, "id"), as_u32(seed, "seed"), w0.mutable_data(),
+                        w1.mutable_data());
     return py::make_tuple(w0, w1);
 }
 
@@ -352,7 +329,7 @@ py::array_t<float> normals(const py::object& seed, const py::object& id, const p
                               ", count=" + std::to_string(count));
     }
     py::array_t<float> z(count);
-    kernels(isa).normals(uint32_t(first), count, check_u32(id, "id"), check_u32(seed, "seed"), z.mutable_data());
+    kernels(isa).normals(uint32_t(first), count, as_u32(id, "id"), as_u32(seed, "seed"), z.mutable_data());
     return z;
 }
 
@@ -360,13 +337,14 @@ py::array_t<float> normals(const py::object& seed, const py::object& id, const p
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "iqals-fast CPU kernels (C++ / OpenMP). Use them through iqals_fast (backend='cpu').";
-    m.def("distort_score", &distort_score, py::arg("images"), py::kw_only(), py::arg("blur_taps") = py::none(),
+    m.def("distort_and_score", &distort_and_score, py::arg("images"), py::kw_only(), py::arg("blur_taps") = py::none(),
           py::arg("noise_var") = py::none(), py::arg("seed") = 0, py::arg("ids") = py::none(),
           py::arg("ssim_taps") = py::none(), py::arg("c1") = py::none(), py::arg("c2") = py::none(),
           py::arg("threads") = 0, py::arg("isa") = "best",
           "Blur (blur_taps, edge pixels replicated), add noise (noise_var, keyed by (ids[i], seed)), round to\n"
           "uint8; with ssim_taps also score SSIM(images, distorted) with constants c1, c2.\n"
-          "images: C-contiguous uint8 N x H x W x 3, H, W >= 8. Returns (uint8 images, float32 (N,) or None).");
+          "images: C-contiguous uint8 N x H x W x 3 (H, W >= len(ssim_taps) to score). Returns (uint8 images,\n"
+          "float32 (N,) or None). Value rules (sizes, finite parameters, seed and id ranges): iqals_fast.ops.checks.");
     m.def("ssim", &ssim, py::arg("reference"), py::arg("distorted"), py::kw_only(), py::arg("taps"), py::arg("c1"),
           py::arg("c2"), py::arg("threads") = 0, py::arg("isa") = "best",
           "Per-image SSIM (float32 (N,)) of C-contiguous uint8 N x H x W x 3 images, H, W >= len(taps).");

@@ -1,4 +1,4 @@
-// Which instruction-set version of the kernels runs. CMakeLists.txt compiles distort_ssim.cpp once
+// Which instruction-set version of the kernels runs. CMakeLists.txt compiles the kernels once
 // per instruction set (IQALS_HAVE_<ISA> says which were built); this file, compiled for the
 // baseline, lists those this CPU can run, best first. The OS's support of AVX state is part of
 // __builtin_cpu_supports's answer.
@@ -8,7 +8,7 @@
 #include <omp.h>
 #endif
 
-#include "distort_ssim.h"
+#include "kernels.h"
 
 namespace iqals {
 

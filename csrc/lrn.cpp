@@ -1,5 +1,5 @@
 // CPU kernels: TensorFlow's local response normalisation across channels, forward and backward
-// (see distort_ssim.h, struct Lrn). Compiled once per instruction set like distort_ssim.cpp.
+// (see kernels.h, struct Lrn). Compiled once per instruction set like distort_and_score.cpp.
 //
 //   s_c = bias + alpha * sum_{|j - c| <= r} x_j^2        (j within [0, C))
 //   y_c = x_c * s_c^-beta
@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "distort_ssim.h"
+#include "kernels.h"
 
 namespace iqals {
 namespace IQALS_ISA {

@@ -5,7 +5,7 @@
 //   2. u = float32(int32(w)) * float32(UNIFORM_SCALE), negative int32 w replaced by ~w  (Triton)
 //   3. z = sqrt(-2 log(max(u0, EPS))) * cos(float32(TWO_PI) * u1), all float32        (Box-Muller)
 // The constants below are the ones noise.py names (PHILOX_*, UNIFORM_SCALE, BOX_MULLER_EPS, TWO_PI);
-// tests/test_cpu_backend.py checks the integers bit for bit and the normals to float rounding.
+// tests/ops/test_noise.py checks the integers bit for bit and the normals to float rounding.
 //
 // Everything works on blocks of simd::L lanes (see simd.h).
 #pragma once

@@ -10,6 +10,9 @@ Public API (stable)::
     iq.soft_labels(labels, scores, num_classes=10, transform="identity")
     iq.soft_label_mse(logits, labels, scores, transform="identity", backend="auto")
     iq.iqa_measure(reference, distorted, measure), iq.iqa_quality(reference, distorted, measure)  # ops/iqa.py
+    iq.backends(op)  # the dispatch table's backends of op installed here, auto's order (ops/dispatch.py)
+
+Each operation, its reference, fast kernels, dispatch entry and tests: docs/ops.md.
 """
 
 from .config import LEVELS, STRATEGIES, Levels, Protocol, Strategy

@@ -10,11 +10,39 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import shlex
 import sys
 from pathlib import Path
 
-from .config import KINDS, STRATEGIES
+import numpy as np
+from PIL import Image
+
+from . import train as training
+from .config import KINDS, LEVEL_NUMBERS, PAPER, PROTOCOLS, STRATEGIES, SUITES
+from .data.sources import load
+from .evaluate import evaluate
+from .ops.api import distort_and_score
+from .ops.iqa import IQA_MEASURES
+from .report import (
+    calibration_table,
+    confidence_ssim_figure,
+    corruption_figure,
+    corruption_table,
+    figure3,
+    figure4,
+    has_extended,
+    load_evals,
+    reliability_figure,
+    table,
+)
+from .reproduce import reproduce
+from .runs import check_device
+from .throughput import run_bench
+from .train import TrainConfig
+
+D = TrainConfig()
+"""The defaults of ``iqals-fast train``; every other command's are those of the function it calls."""
 
 
 def _positive_int(s: str) -> int:
@@ -38,30 +66,39 @@ def _strategy(s: str) -> int:
     return v
 
 
+def _default(fn, name: str):
+    """The default of ``fn``'s parameter ``name``: a command's defaults are its function's."""
+    return inspect.signature(fn).parameters[name].default
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iqals-fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one strategy of Table 2")
-    t.add_argument("--strategy", type=_strategy, default=9, help="1-9, Table 2's rows (default 9: MIX_all3 + IQA-LS)")
-    t.add_argument("--data", default="cifar10", help="cifar10 | synthetic | dir or .tar.gz of CIFAR batches / class folders")
-    t.add_argument("--epochs", type=_positive_int, default=2000, help="epochs (lr steps scale with it; paper: 2000)")
-    t.add_argument("--train-subset", type=_positive_int, default=None, help="train on a class-balanced subset of N images")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    t.add_argument("--backend", default="auto", help="distortion/SSIM/loss backend: auto, torch, cpu, triton")
-    t.add_argument("--transform", default="identity", help="IQA-LS transform T: identity | power:G | affine:A")
-    t.add_argument("--iqa", default="ssim", choices=("ssim", "ms-ssim-small", "gmsd", "psnr"),
-                   help="IQA measure behind IQA-LS's scores (default ssim, the paper's; see iqals_fast/ops/iqa.py)")
-    t.add_argument("--batch-size", type=_positive_int, default=100)
-    t.add_argument("--lr-step-epochs", type=_positive_int, default=None,
-                   help="lr x0.1 every N epochs (default: the paper's 350 of 2000, scaled with --epochs)")
-    t.add_argument("--out", default=None, help="run directory (default runs/strategy<N>-seed<S>)")
+    t.add_argument("--strategy", type=_strategy, default=D.strategy,
+                   help=f"1-9, Table 2's rows (default {D.strategy}: {STRATEGIES[D.strategy].name})")
+    t.add_argument("--data", default=D.data, help="cifar10 | synthetic | dir or .tar.gz of CIFAR batches / class folders")
+    t.add_argument("--epochs", type=_positive_int, default=D.epochs,
+                   help=f"epochs (lr steps scale with it; paper: {PAPER.epochs})")
+    t.add_argument("--train-subset", type=_positive_int, default=D.train_subset,
+                   help="train on a class-balanced subset of N images")
+    t.add_argument("--seed", type=int, default=D.seed)
+    t.add_argument("--device", default=D.device, help="torch device (cpu, cuda, cuda:1)")
+    t.add_argument("--backend", default=D.backend, help="distortion/SSIM/loss backend: auto, torch, cpu, triton")
+    t.add_argument("--transform", default=D.transform, help="IQA-LS transform T: identity | power:G | affine:A")
+    t.add_argument("--iqa", default=D.iqa, choices=IQA_MEASURES,
+                   help=f"IQA measure behind IQA-LS's scores (default {D.iqa}, the paper's; see iqals_fast/ops/iqa.py)")
+    t.add_argument("--batch-size", type=_positive_int, default=D.batch_size)
+    t.add_argument("--lr-step-epochs", type=_positive_int, default=D.lr_step_epochs,
+                   help=f"lr x0.1 every N epochs (default: the paper's {PAPER.lr_step_epochs} of {PAPER.epochs}, "
+                        "scaled with --epochs)")
+    t.add_argument("--out", default=D.out, help="run directory (default runs/strategy<N>-seed<S>)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=D.compile,
                    help="torch.compile the training step, with CUDA graphs on GPU (default: on for CUDA, off on "
                         "CPU, where the eager step with the C++ LRN is faster; see `iqals-fast bench`)")
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=D.channels_last,
                    help="channels_last memory format for the CNN (default: on for CPU, off on CUDA)")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast of the CNN on CUDA (the loss stays float32)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -69,10 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="test runs on the pristine and nine distorted test sets (writes RUN/eval.json)")
     e.add_argument("runs", nargs="+", type=Path)
     e.add_argument("--data", default=None, help="test data (default: the run's training data source)")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--backend", default="auto")
-    e.add_argument("--test-subset", type=_positive_int, default=None, help="a class-balanced N test images")
-    e.add_argument("--suite", choices=("table2", "corruptions", "all"), default="all",
+    e.add_argument("--device", default=_default(evaluate, "device"))
+    e.add_argument("--backend", default=_default(evaluate, "backend"))
+    e.add_argument("--test-subset", type=_positive_int, default=_default(evaluate, "test_subset"),
+                   help="a class-balanced N test images")
+    e.add_argument("--suite", choices=SUITES, default=_default(evaluate, "suite"),
                    help="table2: the ten sets of Table 2; corruptions: CIFAR-10-C severities 1-5 of noise, blur, "
                         "JPEG; all: both (default). Each set also gets calibration metrics")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,38 +124,44 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("runs", nargs="+", type=Path)
     f.add_argument("--out", type=Path, default=Path("figures"))
     f.add_argument("--data", default=None)
-    f.add_argument("--device", default="cpu")
+    f.add_argument("--device", default=_default(figure4, "device"))
 
     r = sub.add_parser("reproduce", help="train all nine strategies, evaluate, and write the Table 2 report")
-    r.add_argument("--protocol", choices=("paper", "small"), default="small",
-                   help="paper: 2000 epochs, full data; small: fits in ~1 h on a 2-core CPU (see README)")
-    r.add_argument("--data", default="cifar10")
-    r.add_argument("--out", type=Path, default=Path("results"))
-    r.add_argument("--seeds", type=int, nargs="+", default=[0])
-    r.add_argument("--strategies", type=_strategy, nargs="+", default=list(STRATEGIES))
-    r.add_argument("--device", default="cpu")
-    r.add_argument("--backend", default="auto")
-    r.add_argument("--paper", default=None, help="CSV of the paper's numbers: strategy,test_set,accuracy")
-    r.add_argument("--iqa", default="ssim", choices=("ssim", "ms-ssim-small", "gmsd", "psnr"),
-                   help="IQA measure behind IQA-LS's scores (default ssim). Another measure's IQA-LS runs go to "
+    r.add_argument("--protocol", choices=tuple(PROTOCOLS), default=_default(reproduce, "protocol"),
+                   help=f"paper: {PROTOCOLS['paper'].epochs} epochs, full data; small: fits in ~1 h on a 2-core CPU "
+                        "(see README)")
+    r.add_argument("--data", default=_default(reproduce, "data"))
+    r.add_argument("--out", type=Path, default=Path(_default(reproduce, "out")))
+    r.add_argument("--seeds", type=int, nargs="+", default=list(_default(reproduce, "seeds")))
+    r.add_argument("--strategies", type=_strategy, nargs="+", default=list(_default(reproduce, "strategies")))
+    r.add_argument("--device", default=_default(reproduce, "device"))
+    r.add_argument("--backend", default=_default(reproduce, "backend"))
+    r.add_argument("--paper", default=_default(reproduce, "paper_csv"),
+                   help="CSV of the paper's numbers: strategy,test_set,accuracy")
+    r.add_argument("--iqa", default=_default(reproduce, "iqa"), choices=IQA_MEASURES,
+                   help=f"IQA measure behind IQA-LS's scores (default {_default(reproduce, 'iqa')}). Another measure's "
+                        "IQA-LS runs go to "
                         "OUT/runs/strategy<N>-seed<S>-<iqa>, its report to OUT/iqa-<iqa>/; 0-1 label runs are shared")
     r.add_argument("--no-progress", action="store_true")
 
     b = sub.add_parser("bench", help="training throughput: eager vs compiled steps, and the full strategy-9 pipeline")
-    b.add_argument("--data", default="synthetic", help="images to time on (default synthetic; any --data spec)")
-    b.add_argument("--device", default="cpu")
-    b.add_argument("-n", type=_positive_int, default=5000, help="training images of the pipeline run")
-    b.add_argument("--epochs", type=_positive_int, default=3, help="pipeline epochs (the first is not counted)")
-    b.add_argument("--steps", type=_positive_int, default=20, help="model-only steps per round")
-    b.add_argument("--rounds", type=_positive_int, default=5, help="interleaved rounds (median reported)")
+    b.add_argument("--data", default=_default(run_bench, "data"),
+                   help=f"images to time on (default {_default(run_bench, 'data')}; any --data spec)")
+    b.add_argument("--device", default=_default(run_bench, "device"))
+    b.add_argument("-n", type=_positive_int, default=_default(run_bench, "n"), help="training images of the pipeline run")
+    b.add_argument("--epochs", type=_positive_int, default=_default(run_bench, "epochs"),
+                   help="pipeline epochs (the first is not counted)")
+    b.add_argument("--steps", type=_positive_int, default=_default(run_bench, "steps"), help="model-only steps per round")
+    b.add_argument("--rounds", type=_positive_int, default=_default(run_bench, "rounds"),
+                   help="interleaved rounds (median reported)")
     b.add_argument("--no-pipeline", action="store_true", help="model-only rows only")
     b.add_argument("--out", type=Path, default=None, help="write the results as JSON (and the table as .md beside it)")
 
     d = sub.add_parser("distort", help="write distorted copies of images to disk (PNG) to look at")
-    d.add_argument("--data", default="cifar10")
+    d.add_argument("--data", default=_default(load, "spec"))
     d.add_argument("--split", choices=("train", "test"), default="test")
     d.add_argument("--kind", choices=KINDS + ("all",), default="all")
-    d.add_argument("--level", type=int, choices=(1, 2, 3), default=None, help="default: all three")
+    d.add_argument("--level", type=int, choices=LEVEL_NUMBERS, default=None, help="default: all three")
     d.add_argument("-n", type=_positive_int, default=16, help="number of images")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", type=Path, default=Path("distorted"))
@@ -137,21 +181,15 @@ def main(argv=None) -> int:
 
 def _run(args, argv=None) -> int:
     if getattr(args, "device", None) is not None:  # every command that takes --device: one clear error
-        from .train import check_device
-
         check_device(args.device)
     if args.command == "train":
-        from .train import TrainConfig, train
-
         cfg = TrainConfig(strategy=args.strategy, data=args.data, epochs=args.epochs, train_subset=args.train_subset,
                           seed=args.seed, device=args.device, backend=args.backend, transform=args.transform,
                           batch_size=args.batch_size, lr_step_epochs=args.lr_step_epochs, out=args.out, iqa=args.iqa,
                           compile=args.compile, channels_last=args.channels_last, bf16=args.bf16)
-        run = train(cfg, resume=args.resume, progress=not args.no_progress)
+        run = training.train(cfg, resume=args.resume, progress=not args.no_progress)
         print(f"trained: {run}  (next: iqals-fast eval {run})")
     elif args.command == "eval":
-        from .evaluate import evaluate
-
         for r in args.runs:
             res = evaluate(r, data=args.data, device=args.device, backend=args.backend, test_subset=args.test_subset,
                            suite=args.suite, progress=not args.no_progress)
@@ -160,23 +198,11 @@ def _run(args, argv=None) -> int:
                     accs = "  ".join(f"{k} {100 * v['accuracy']:.2f}" for k, v in res[part].items())
                     print(f"{r}: {accs}")
     elif args.command == "table":
-        from .report import calibration_table, corruption_table, has_extended, load_evals, table
-
         print(table(args.runs, args.paper, args.out), end="")
         evals = load_evals(args.runs)
         if has_extended(evals):  # eval.json written by the current `iqals-fast eval` (both suites)
             print("\n" + corruption_table(evals, args.out) + "\n" + calibration_table(evals, args.out), end="")
     elif args.command == "figures":
-        from .report import (
-            confidence_ssim_figure,
-            corruption_figure,
-            figure3,
-            figure4,
-            has_extended,
-            load_evals,
-            reliability_figure,
-        )
-
         args.out.mkdir(parents=True, exist_ok=True)
         print(figure3(args.runs, args.out))
         print(figure4(args.runs, args.out, data=args.data, device=args.device))
@@ -185,15 +211,11 @@ def _run(args, argv=None) -> int:
             for fig in (reliability_figure, confidence_ssim_figure, corruption_figure):
                 print(fig(evals, args.out))
     elif args.command == "reproduce":
-        from .reproduce import reproduce
-
         print(reproduce(args.protocol, data=args.data, out=args.out, seeds=tuple(args.seeds),
                         strategies=tuple(args.strategies), device=args.device, backend=args.backend,
                         paper_csv=args.paper, progress=not args.no_progress, iqa=args.iqa,
                         command=" ".join(["iqals-fast", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])))
     elif args.command == "bench":
-        from .bench import run_bench
-
         res = run_bench(args.data, args.device, n=args.n, epochs=args.epochs, steps=args.steps, rounds=args.rounds,
                         out=args.out, pipeline_run=not args.no_pipeline)
         print(res["table"], end="")
@@ -203,12 +225,6 @@ def _run(args, argv=None) -> int:
 
 
 def _distort(args) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from .data.sources import load
-    from .ops.api import distort_and_score
-
     ds = load(args.data)
     x = (ds.test_x if args.split == "test" else ds.train_x)[: args.n]
     ids = np.arange(len(x))
@@ -217,7 +233,7 @@ def _distort(args) -> None:
     for i, im in enumerate(x):
         Image.fromarray(im).save(args.out / f"{i:04d}_pristine.png")
     for kind in KINDS if args.kind == "all" else (args.kind,):
-        for lvl in (1, 2, 3) if args.level is None else (args.level,):
+        for lvl in LEVEL_NUMBERS if args.level is None else (args.level,):
             y, s = distort_and_score(x, kind, lvl, seed=args.seed, ids=ids)
             rows.append(y)
             for i, im in enumerate(y):

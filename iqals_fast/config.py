@@ -1,8 +1,11 @@
 """Every constant of the method, in one place.
 
 Frozen dataclasses: the SSIM window, the distortion levels of the paper, the nine training
-strategies of Table 2 and the training protocol. Every backend (torch, C++, Triton) derives its
-numbers from these objects; nothing is copied as a literal elsewhere.
+strategies of Table 2 (and their 0-1 / IQA-LS pairs) and the training protocol; then what runs are
+tested on (Table 2's test sets, the CIFAR-10-C severities, the evaluation suites) and the
+reproduction protocols. Every backend (torch, C++, Triton) derives its numbers from these objects,
+and the evaluation, the reports and the command line read theirs from here; nothing is copied as a
+literal elsewhere.
 """
 
 from __future__ import annotations
@@ -12,6 +15,12 @@ from dataclasses import dataclass, field
 
 KINDS = ("blur", "noise", "jpeg")
 """Distortion kinds of the paper (Gaussian blur, white Gaussian noise, JPEG compression)."""
+
+LEVEL_NUMBERS = (1, 2, 3)
+"""The paper's distortion levels (``Levels`` holds each kind's parameter at each)."""
+
+KIND_LEVELS: tuple[tuple[str, int], ...] = tuple((k, lvl) for k in KINDS for lvl in LEVEL_NUMBERS)
+"""Every (kind, level) an image can be distorted with, in Table 2's order."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +35,7 @@ class Levels:
         """The parameter of ``kind`` at ``level`` (1-3)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        if level not in (1, 2, 3):
+        if level not in LEVEL_NUMBERS:
             raise ValueError(f"level must be 1, 2 or 3, got {level!r}")
         return getattr(self, kind)[level - 1]
 
@@ -112,6 +121,23 @@ STRATEGIES: dict[int, Strategy] = {
 }
 
 
+def _pairs() -> dict[str, tuple[int, int]]:
+    pairs = {}
+    for s in STRATEGIES.values():
+        if s.mixed and not s.iqa_ls:
+            (partner,) = (t.number for t in STRATEGIES.values() if t.kinds == s.kinds and t.iqa_ls)
+            pairs[s.kinds[0] if len(s.kinds) == 1 else f"all{len(s.kinds)}"] = (s.number, partner)
+    return pairs
+
+
+STRATEGY_PAIRS: dict[str, tuple[int, int]] = _pairs()
+"""Mixture -> (0-1 labels, IQA-LS) on the same distortions: ``{"blur": (2, 3), "noise": (4, 5),
+"jpeg": (6, 7), "all3": (8, 9)}``, derived from ``STRATEGIES``."""
+
+PRISTINE_STRATEGY: int = next(s.number for s in STRATEGIES.values() if not s.mixed)
+"""Strategy 1, trained on pristine images only: the baseline of the comparisons and of mCE."""
+
+
 def get_strategy(number) -> Strategy:
     try:
         return STRATEGIES[int(number)]
@@ -170,3 +196,68 @@ class Protocol:
 
 
 PAPER = Protocol()
+
+
+# ----------------------------------------------------------------------------------------------
+# Test sets: what a trained run is evaluated on (evaluate.py computes them, report/ lays them out)
+
+TEST_NOISE_SEED = 20180910
+"""The noise of every test set is keyed by this seed and each test image's index: every run sees the same images."""
+
+TEST_SETS: tuple[tuple[str, int], ...] = (("pristine", 0),) + KIND_LEVELS
+"""Table 2's ten test sets: pristine, and blur / noise / JPEG at levels 1-3."""
+
+
+def test_set_name(kind: str, level: int) -> str:
+    return "pristine" if kind == "pristine" else f"{kind}{level}"
+
+
+TEST_SET_NAMES: tuple[str, ...] = tuple(test_set_name(k, lvl) for k, lvl in TEST_SETS)
+"""``pristine``, ``blur1`` ... ``jpeg3``: Table 2's columns."""
+
+SEVERITIES = (1, 2, 3, 4, 5)
+CORRUPTIONS: dict[str, tuple[str, tuple]] = {
+    # CIFAR-10-C name: (our distortion kind, parameter at severities 1-5 in our ops' units)
+    "gaussian_noise": ("noise", tuple(round(s * s, 6) for s in (0.04, 0.06, 0.08, 0.09, 0.10))),  # variance
+    "gaussian_blur": ("blur", (0.4, 0.6, 0.7, 0.8, 1.0)),  # sigma, pixels
+    "jpeg_compression": ("jpeg", (80, 65, 58, 50, 40)),  # quality
+}
+"""The CIFAR-10-C severities 1-5 (Hendrycks and Dietterich, ICLR 2019, their ``make_cifar_c.py``) of the
+three corruptions our own ops compute; noise's sigma given as the variance sigma^2 our ``noise`` takes."""
+CORRUPTION_SETS = tuple(f"{c}-{s}" for c in CORRUPTIONS for s in SEVERITIES)
+
+SUITES = ("table2", "corruptions", "all")
+"""Evaluation suites: Table 2's ten sets, the fifteen CIFAR-10-C severities, or both."""
+DEFAULT_SUITE = "all"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reproduction protocols (``iqals-fast reproduce``)
+
+
+@dataclass(frozen=True)
+class ReproProtocol:
+    """How ``reproduce`` trains and tests every strategy (None: the paper's / the whole set)."""
+
+    name: str
+    epochs: int
+    train_subset: int | None
+    lr_step_epochs: int | None
+    test_subset: int | None
+
+
+PROTOCOLS: dict[str, ReproProtocol] = {
+    "paper": ReproProtocol("paper", PAPER.epochs, None, None, None),
+    "small": ReproProtocol("small", 10, 8000, 7, 5000),
+}
+"""The protocols of ``iqals-fast reproduce``:
+
+- ``paper``: 2,000 epochs on the full training set, lr 0.1 x0.1 every 350 epochs, full test set.
+- ``small``: fits in well under 90 minutes on a 2-core CPU (about 360 training images/s there,
+  eager): a class-balanced 8,000-image training subset, 10 epochs (800 SGD steps of 100), and a
+  class-balanced 5,000-image test subset. The paper's schedule scaled to 10 epochs would cut the
+  learning rate after 2 epochs and leave 80% of this short run at lr <= 0.01, where the model
+  barely moves; instead the small protocol keeps lr 0.1 for 7 epochs and 0.01 for the last 3
+  (a step at 70% of the run). Chosen from the training loss alone, never from test accuracy.
+"""
+DEFAULT_PROTOCOL = "small"

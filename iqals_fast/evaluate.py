@@ -1,6 +1,6 @@
 """Test sets and what is measured on them.
 
-Suites:
+Suites (``config.SUITES``; the sets and their parameters are defined in ``config.py``):
 
 - ``table2``: the ten test sets of Table 2: pristine, and blur / noise / JPEG at the paper's levels 1-3.
 - ``corruptions``: the CIFAR-10-C severities 1-5 of Hendrycks and Dietterich (ICLR 2019, the
@@ -32,34 +32,29 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import KINDS, LEVELS
+from ._io import save_json
+from .config import (
+    CORRUPTION_SETS,
+    CORRUPTIONS,
+    DEFAULT_SUITE,
+    KINDS,
+    LEVELS,
+    SEVERITIES,
+    SUITES,
+    TEST_NOISE_SEED,
+    TEST_SETS,
+    test_set_name,
+)
 from .data.mixture import DistortionCache
-from .data.sources import Dataset, atomic_write_bytes, load
+from .data.sources import Dataset, load
 from .metrics import classification_metrics, spearman
 from .model import standardize
 from .ops.api import distort_and_score
-from .train import check_device, load_model, versions
+from .runs import EVAL, check_device, load_model, versions
 
-TEST_NOISE_SEED = 20180910
-TEST_SETS: tuple[tuple[str, int], ...] = (("pristine", 0),) + tuple((k, lvl) for k in KINDS for lvl in (1, 2, 3))
-EVAL = "eval.json"
 EVAL_VERSION = 2
 """eval.json layout: 1 = accuracy and mean true-class confidence on Table 2's sets; 2 = the
 calibration metrics on every set and the corruptions suite."""
-
-SEVERITIES = (1, 2, 3, 4, 5)
-CORRUPTIONS: dict[str, tuple[str, tuple]] = {
-    # CIFAR-10-C name: (our distortion kind, parameter at severities 1-5 in our ops' units)
-    "gaussian_noise": ("noise", tuple(round(s * s, 6) for s in (0.04, 0.06, 0.08, 0.09, 0.10))),  # variance
-    "gaussian_blur": ("blur", (0.4, 0.6, 0.7, 0.8, 1.0)),  # sigma, pixels
-    "jpeg_compression": ("jpeg", (80, 65, 58, 50, 40)),  # quality
-}
-CORRUPTION_SETS = tuple(f"{c}-{s}" for c in CORRUPTIONS for s in SEVERITIES)
-SUITES = ("table2", "corruptions", "all")
-
-
-def test_set_name(kind: str, level: int) -> str:
-    return "pristine" if kind == "pristine" else f"{kind}{level}"
 
 
 def test_sets(ds: Dataset, backend: str = "auto", bar=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -147,7 +142,7 @@ def needs_eval(run: Path, suite: str = "all") -> bool:
 
 def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend: str = "auto",
              dataset: Dataset | None = None, sets=None, corruptions=None, test_subset: int | None = None,
-             suite: str = "all", progress: bool = False) -> dict:
+             suite: str = DEFAULT_SUITE, progress: bool = False) -> dict:
     """Test a trained run on ``suite``'s test sets; writes ``RUN/eval.json`` atomically.
 
     ``suite``: ``table2``, ``corruptions`` or ``all``. Evaluating one suite keeps the other's results
@@ -201,5 +196,5 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
         out["pooled"]["all"] = {"spearman_true_conf_ssim": _rho(both), "n": int(len(both["conf"]))}
     out["versions"] = versions()
     out["seconds"] = time.perf_counter() - t0
-    atomic_write_bytes(run / EVAL, lambda f: f.write((json.dumps(out, indent=2) + "\n").encode()))
+    save_json(run / EVAL, out)
     return out

@@ -8,7 +8,7 @@ TensorFlow specifics reproduced exactly:
 - ``tf.nn.lrn(depth_radius=4, bias=1.0, alpha=0.001/9, beta=0.75)``:
   ``b_c = a_c / (bias + alpha * sum_{|c'-c| <= 4} a_c'^2) ** beta``. PyTorch's LocalResponseNorm
   divides alpha by the window size n, so the match is ``n = 9, alpha = 0.001`` (tested). On CPU
-  the C++ kernels of csrc/lrn.cpp compute it (``ops/lrn.py``): the composite was most of the step.
+  the C++ kernels of csrc/lrn.cpp compute it (``ops.api.lrn``): the composite was most of the step.
 - SAME max-pooling with stride 2 pads only at the bottom/right (TF puts the odd padding there);
   PyTorch's symmetric ``padding=1`` would shift every window, so we pad explicitly.
 - Initialisation: truncated normals (cut at 2 std) with std 5e-2 (convs), 0.04 (fc 384, 192),
@@ -24,8 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops import lrn as ops_lrn
-from .ops.lrn import lrn
+from .ops.api import lrn
 
 LRN_DEPTH_RADIUS = 4
 LRN_BIAS = 1.0
@@ -34,14 +33,9 @@ LRN_BETA = 0.75
 
 
 def lrn_tf(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """TensorFlow's LRN with the tutorial's parameters, by the dispatched backend (ops/lrn.py): the C++
-    kernels on CPU, PyTorch's composite (fused by torch.compile) elsewhere."""
+    """TensorFlow's LRN with the tutorial's parameters, by the dispatched backend (``ops.api.lrn``): the
+    C++ kernels on CPU, PyTorch's composite (``ops.reference.lrn``, fused by torch.compile) elsewhere."""
     return lrn(x, LRN_DEPTH_RADIUS, LRN_BIAS, LRN_ALPHA, LRN_BETA, backend)
-
-
-def lrn_reference(x: torch.Tensor) -> torch.Tensor:
-    """The formula itself (for tests): explicit sum over the depth window."""
-    return ops_lrn.lrn_reference(x, LRN_DEPTH_RADIUS, LRN_BIAS, LRN_ALPHA, LRN_BETA)
 
 
 def max_pool_same(x: torch.Tensor) -> torch.Tensor:

@@ -5,48 +5,29 @@
 
 Everything random derives from ``--seed`` and the epoch number (the model's initialisation, each
 epoch's mixture, its noise and its batch order), so a run interrupted and resumed with
-``--resume`` ends with the same weights as an uninterrupted one (on the same CPU).
+``--resume`` ends with the same weights as an uninterrupted one (on the same CPU). The epoch's
+batches come from ``data/mixture.epoch_batches``; the run directory is ``runs.py``'s.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from .config import KINDS, PAPER, get_strategy
-from .data.mixture import DistortionCache, epoch_data, epoch_plan
-from .data.sources import Dataset, atomic_write_bytes, load
+from . import distributed, runs
+from .config import PAPER, get_strategy
+from .data.mixture import epoch_batches, mean_quality, training_cache
+from .data.sources import Dataset, load
 from .distributed import World, world
 from .model import PaperCNN, standardize
 from .ops import dispatch
 from .ops.iqa import check_measure
-from .ops.labels import apply_transform, parse_transform
-
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-
-
-class RunError(ValueError):
-    """A run directory or its options cannot be used as asked."""
-
-
-def check_device(device) -> torch.device:
-    """``device`` as a torch.device, or a ValueError naming it when this machine cannot allocate on it
-    (no CUDA build, no GPU, a bad index or name): the one check train, eval and bench share."""
-    try:
-        dev = torch.device(device)
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError) as e:
-        raise ValueError(f"--device {str(device)!r} is not usable here: {e}") from None
-    return dev
+from .ops.labels import parse_transform
+from .runs import check_device
 
 
 @dataclass
@@ -88,6 +69,10 @@ class TrainConfig:
             raise ValueError(f"--seed must lie in [0, 2**32), got {self.seed}")
         self.protocol()
         check_device(self.device)
+        size = world().size
+        if self.batch_size % size:
+            raise ValueError(f"--batch-size {self.batch_size} must be a multiple of the number of processes ({size}): "
+                             "each step's batch is split evenly between them")
 
     def protocol(self):
         return PAPER.scaled(self.epochs, self.train_subset, self.lr_step_epochs)
@@ -101,14 +86,6 @@ class TrainConfig:
     RESULT_DEFAULTS = {"iqa": "ssim"}  # what a run written before the key existed used
 
 
-def _save_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
-
-
 def make_optimizer(model: PaperCNN, lr: float, weight_decay: float) -> torch.optim.SGD:
     decayed = {id(p) for p in model.decayed_parameters()}
     return torch.optim.SGD(
@@ -118,21 +95,6 @@ def make_optimizer(model: PaperCNN, lr: float, weight_decay: float) -> torch.opt
         ],
         lr=lr,
     )
-
-
-def load_run_config(run: Path) -> dict:
-    p = Path(run) / CONFIG
-    if not p.is_file():
-        raise RunError(f"{run} is not a training run (no {CONFIG})")
-    return json.loads(p.read_text())
-
-
-def make_cache(images: np.ndarray, cfg: TrainConfig, device: torch.device) -> DistortionCache:
-    """The per-dataset distortion cache. On CUDA the images, the cached blur/JPEG copies and each
-    epoch's noise (the Triton kernel) stay on the GPU: no host round trip per epoch. (JPEG copies come
-    from the dispatched JPEG: DALI's CPU operator where installed, else PIL; the same bytes.)"""
-    on = torch.from_numpy(images).to(device) if device.type == "cuda" else images
-    return DistortionCache(on, backend=cfg.backend, iqa=cfg.iqa)
 
 
 def make_forward(net: torch.nn.Module, loss_fn, cfg: TrainConfig, device: torch.device):
@@ -189,186 +151,70 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
     epochs (as an interruption would), leaving a resumable checkpoint. Under torchrun, every rank
     calls this (see distributed.py); rank 0 alone touches the run directory."""
     cfg.validate()
-    strategy = get_strategy(cfg.strategy)
-    protocol = cfg.protocol()
-    run = cfg.run_dir()
-    ckpt_path = run / CHECKPOINT
-    w = world()
-    if cfg.batch_size % w.size:
-        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes ({w.size}): "
-                         "each step's batch is split evenly between them")
+    strategy, protocol, run, w = get_strategy(cfg.strategy), cfg.protocol(), cfg.run_dir(), world()
     device = distributed.setup(w, torch.device(cfg.device))
-
     ds = (dataset if dataset is not None else load(cfg.data)).subset(cfg.train_subset, cfg.seed)
     model = PaperCNN(ds.num_classes, ds.train_x.shape[1], seed=cfg.seed)
-    if cfg.speed(device)[1]:
-        model = model.to(memory_format=torch.channels_last)
-    model = model.to(device)
+    model = (model.to(memory_format=torch.channels_last) if cfg.speed(device)[1] else model).to(device)
     opt = make_optimizer(model, protocol.lr, protocol.weight_decay)
-
-    # Rank 0 checks and reads the run directory; the others get its verdict and state.
-    state, error = None, None
-    if w.main:
-        try:
-            state = _open_run(cfg, run, ckpt_path, resume, ds, strategy, protocol)
-        except RunError as e:
-            error = str(e)
-    state, error = distributed.broadcast((state, error), w)
-    if error:
-        raise RunError(error)
-    start, history = 0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, history = state["epoch"], state["history"]
-
-    # Checked once here, not every step: the dispatched loss itself runs on device without host syncs.
-    _, loss_fn = dispatch.resolve("soft_label_mse", cfg.backend, device)
-    cache = make_cache(ds.train_x, cfg, device)
-    n = len(ds.train_y)
-    local_batch = cfg.batch_size // w.size
-    steps = -(-n // cfg.batch_size)
+    start, history = runs.open_run(run, cfg, runs.describe(strategy, protocol, ds), model, opt, resume=resume, world=w)
+    _, loss_fn = dispatch.resolve("soft_label_mse", cfg.backend, device)  # once: no host syncs per step
+    cache = training_cache(ds.train_x, device, cfg.backend, cfg.iqa)
     step = make_step(model, opt, loss_fn, cfg, device, w)
-    end = protocol.epochs if stop_after is None else min(protocol.epochs, start + stop_after)
-    bar = tqdm(total=(protocol.epochs - start) * steps, desc=f"strategy {cfg.strategy}", unit="batch",
-               disable=not (progress and w.main), dynamic_ncols=True)
+    n, end = len(ds.train_y), protocol.epochs if stop_after is None else min(protocol.epochs, start + stop_after)
     try:
-        for epoch in range(start, end):
-            t0 = time.perf_counter()
-            lr = protocol.lr_at(epoch)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            plan = epoch_plan(n, strategy.kinds, cfg.seed, epoch, protocol.mixture)
-            order = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, 2])).permutation(n)
-            # Step b's batch is order[b*B:(b+1)*B]; this rank takes every size-th image of it, i.e.
-            # positions p of the order with p % size == rank (B is a multiple of size).
-            mine = order[w.rank::w.size]
-            x, s = epoch_data(cache, plan, mine)  # numpy, or tensors on the device (DALI on a GPU)
-            s_np = np.asarray(s.cpu() if isinstance(s, torch.Tensor) else s)  # N floats, once per epoch
-            _check_scores(s_np, epoch)
-            x = torch.as_tensor(x, device=device)
-            labels = torch.from_numpy(ds.train_y[mine]).to(device)
-            scores = torch.as_tensor(s, device=device) if strategy.iqa_ls else torch.ones(len(mine), device=device)
-            on_true = apply_transform(scores, cfg.transform, ds.num_classes)
-            t_data = time.perf_counter() - t0
-            model.train()
-            shown = 0.0
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            for b in range(steps):
-                sl = slice(b * local_batch, (b + 1) * local_batch)
-                loss, c = step(x[sl], labels[sl], on_true[sl])
-                loss_sum += loss * len(labels[sl])
-                correct += c
-                bar.update(1)
-                if not bar.disable and (time.perf_counter() - shown > 0.5 or b == steps - 1):
-                    # float(loss) waits for the device: twice a second, not every few steps
-                    shown = time.perf_counter()
-                    el = bar.format_dict["elapsed"] or 1e-9
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}",
-                                    img_s=f"{bar.n * cfg.batch_size / el:.0f}")
-            sums = _ssim_sums(s_np, plan, mine, device)
-            totals = distributed.all_reduce_sum(torch.cat([loss_sum[None].double(), correct[None].double(), sums]), w)
-            dt = time.perf_counter() - t0
-            rec = {"epoch": epoch + 1, "lr": lr, "loss": float(totals[0]) / n, "train_acc": float(totals[1]) / n,
-                   "seconds": dt, "data_seconds": t_data, "images_per_s": n / dt,
-                   "mean_ssim": {f"{k}{lvl}": float(totals[2 + 2 * j] / totals[3 + 2 * j])
-                                 for j, (k, lvl) in enumerate(_KIND_LEVELS) if totals[3 + 2 * j] > 0}}
-            history.append(rec)
-            if w.main:
-                _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                             "epoch": epoch + 1, "history": history, "config": asdict(cfg)})
-                atomic_write_bytes(run / METRICS,
-                                   lambda f: f.write("".join(json.dumps(r) + "\n" for r in history).encode()))
+        with _Progress(cfg, (protocol.epochs - start) * -(-n // cfg.batch_size), progress and w.main) as bar:
+            for epoch in range(start, end):
+                t0, lr = time.perf_counter(), protocol.lr_at(epoch)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                batches = epoch_batches(cache, ds, strategy, seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size,
+                                        transform=cfg.transform, mixture=protocol.mixture, rank=w.rank, size=w.size,
+                                        device=device)
+                t_data = time.perf_counter() - t0
+                model.train()
+                loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64)
+                for b, (images, labels, targets) in enumerate(batches):
+                    loss, c = step(images, labels, targets)
+                    loss_sum += loss * len(labels)
+                    correct += c
+                    bar.step(epoch, b, len(batches), loss)
+                totals = distributed.all_reduce_sum(
+                    torch.cat([loss_sum[None].double(), correct[None].double(), batches.quality_sums()]), w)
+                dt = time.perf_counter() - t0
+                history.append({"epoch": epoch + 1, "lr": lr, "loss": float(totals[0]) / n,
+                                "train_acc": float(totals[1]) / n, "seconds": dt, "data_seconds": t_data,
+                                "images_per_s": n / dt, "mean_ssim": mean_quality(totals[2:])})
+                if w.main:
+                    runs.save(run, model, opt, history, cfg)
     except KeyboardInterrupt:
-        bar.close()
-        done = history[-1]["epoch"] if history else 0
         if w.main:
-            print(f"\ninterrupted: {done} of {protocol.epochs} epochs are saved in {run}; continue with --resume")
+            print(f"\ninterrupted: {len(history)} of {protocol.epochs} epochs are saved in {run}; continue with --resume")
         raise
-    bar.close()
     return run
 
 
-_KIND_LEVELS = tuple((k, lvl) for k in KINDS for lvl in (1, 2, 3))
+class _Progress:
+    """The training bar: one tick a step; the loss and images/s shown at an epoch's first and last step
+    and twice a second between (``float(loss)`` waits for the device)."""
 
+    def __init__(self, cfg: TrainConfig, total: int, enabled: bool):
+        self.bar = tqdm(total=total, desc=f"strategy {cfg.strategy}", unit="batch", disable=not enabled,
+                        dynamic_ncols=True)
+        self.batch_size, self.shown = cfg.batch_size, 0.0
 
-def _ssim_sums(s_np: np.ndarray, plan, mine: np.ndarray, device) -> torch.Tensor:
-    """(sum of scores, count) per (kind, level) over this rank's images, float64, for all_reduce."""
-    kind, level = plan.kind[mine], plan.level[mine]
-    out = []
-    for i, _ in enumerate(KINDS):
-        for lvl in (1, 2, 3):
-            sel = (kind == i) & (level == lvl)
-            out += [float(s_np[sel].astype(np.float64).sum()), float(sel.sum())]
-    return torch.tensor(out, dtype=torch.float64, device=device)
+    def __enter__(self) -> _Progress:
+        return self
 
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
-def _check_scores(s: np.ndarray, epoch: int) -> None:
-    bad = ~((s >= 0) & (s <= 1))  # NaN too
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise RuntimeError(f"epoch {epoch + 1}: a quality score outside [0, 1] ({s[i]!r}); the scoring backend is wrong")
-
-
-def _open_run(cfg: TrainConfig, run: Path, ckpt_path: Path, resume: bool, ds: Dataset, strategy, protocol):
-    """Check the run directory against --resume; return the checkpoint's state to resume from, or None
-    after writing a new run's config.json."""
-    if ckpt_path.exists() and not resume:
-        raise RunError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
-    if resume and not ckpt_path.exists():
-        raise RunError(f"--resume: no checkpoint in {run}")
-    if resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        old = {**TrainConfig.RESULT_DEFAULTS, **state["config"]}
-        diff = {k: (old.get(k), getattr(cfg, k)) for k in TrainConfig.RESULT_KEYS if old.get(k) != getattr(cfg, k)}
-        if diff:
-            raise RunError(f"--resume: options differ from the run in {run}: " +
-                           ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
-        return state
-    run.mkdir(parents=True, exist_ok=True)
-    _save_json(run / CONFIG, {**asdict(cfg), "strategy_name": strategy.name, "protocol": asdict(protocol),
-                              "dataset": {"source": ds.source, "checksum": ds.checksum,
-                                          "classes": list(ds.classes), "n_train": int(len(ds.train_y)),
-                                          "image_size": int(ds.train_x.shape[1])},
-                              "versions": versions()})
-    return None
-
-
-def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[PaperCNN, dict]:
-    cfg = load_run_config(run)
-    ckpt = Path(run) / CHECKPOINT
-    if not ckpt.is_file():
-        raise RunError(f"{run}: no {CHECKPOINT}; train it first")
-    state = torch.load(ckpt, map_location=device, weights_only=False)
-    ds = cfg["dataset"]
-    model = PaperCNN(len(ds["classes"]), ds.get("image_size", 32), seed=cfg["seed"])
-    model.load_state_dict(state["model"])
-    if state["epoch"] < cfg["epochs"]:
-        print(f"warning: {run} is unfinished ({state['epoch']} of {cfg['epochs']} epochs)")
-    return model.to(device).eval(), cfg
-
-
-def versions() -> dict:
-    import platform
-
-    import numpy
-    import PIL
-
-    from . import __version__
-
-    return {"iqals_fast": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "pillow": PIL.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "processor": _cpu_name()}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor()
+    def step(self, epoch: int, b: int, steps: int, loss: torch.Tensor) -> None:
+        bar = self.bar
+        bar.update(1)
+        if b == 0:
+            self.shown = 0.0
+        if not bar.disable and (time.perf_counter() - self.shown > 0.5 or b == steps - 1):
+            self.shown = time.perf_counter()
+            el = bar.format_dict["elapsed"] or 1e-9
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}", img_s=f"{bar.n * self.batch_size / el:.0f}")

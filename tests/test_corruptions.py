@@ -10,18 +10,12 @@ from PIL import Image
 from skimage.filters import gaussian
 
 from iqals_fast.cli import main
+from iqals_fast.config import CORRUPTION_SETS, CORRUPTIONS, TEST_NOISE_SEED
 from iqals_fast.data.sources import synthetic
-from iqals_fast.evaluate import (
-    CORRUPTION_SETS,
-    CORRUPTIONS,
-    EVAL,
-    TEST_NOISE_SEED,
-    corruption_sets,
-    evaluate,
-    needs_eval,
-)
+from iqals_fast.evaluate import corruption_sets, evaluate, needs_eval
 from iqals_fast.ops.noise import normals
 from iqals_fast.report import calibration_table, corruption_errors, corruption_table, extended_reports, load_evals
+from iqals_fast.runs import EVAL
 from iqals_fast.train import TrainConfig, train
 
 DS = synthetic(200, 40)

@@ -1,4 +1,5 @@
-"""Data sources, the decode cache, their errors, and the epoch mixture."""
+"""Data sources: the loaders, the decode cache, the decoders (PIL; DALI's CPU operator) and their errors.
+(The epoch mixture is tests/test_mixture.py.)"""
 
 import io
 import pickle
@@ -8,9 +9,7 @@ import pytest
 from conftest import to_tar
 from PIL import Image
 
-from iqals_fast.config import KINDS
 from iqals_fast.data import sources
-from iqals_fast.data.mixture import DistortionCache, counts, epoch_data, epoch_plan, noise_seed
 from iqals_fast.data.sources import DataError, load, synthetic
 
 
@@ -140,44 +139,6 @@ def test_subset_is_class_balanced_and_reproducible():
     np.testing.assert_array_equal(s.train_x, ds.subset(100, seed=3).train_x)
 
 
-@pytest.mark.parametrize("n", [100, 2000, 50000, 7])
-def test_mixture_counts_exact(n):
-    c = counts(n)
-    assert sum(c) == n and c[1:] == [int(n * 0.15), int(n * 0.15), int(n * 0.10)]
-
-
-def test_epoch_plan_proportions_and_determinism():
-    p = epoch_plan(2000, KINDS, seed=1, epoch=3)
-    assert np.bincount(p.level).tolist() == [1200, 300, 300, 200]
-    for lvl in (1, 2, 3):  # MIX_all3: kinds split evenly within each level
-        k = np.bincount(p.kind[p.level == lvl], minlength=3)
-        assert k.max() - k.min() <= 1
-    assert (p.kind[p.level == 0] == -1).all()
-    q = epoch_plan(2000, KINDS, seed=1, epoch=3)
-    np.testing.assert_array_equal(p.level, q.level)
-    np.testing.assert_array_equal(p.kind, q.kind)
-    assert (epoch_plan(2000, KINDS, seed=1, epoch=4).level != p.level).any()
-    assert p.noise_seed == noise_seed(1, 3) != noise_seed(1, 4)
-    assert (epoch_plan(50, (), 0, 0).level == 0).all()
-    single = epoch_plan(1000, ("jpeg",), 0, 0)
-    assert set(single.kind[single.level > 0]) == {KINDS.index("jpeg")}
-
-
-def test_epoch_data_uses_the_plan(gen):
-    x = gen(40, 32, 32)
-    plan = epoch_plan(40, KINDS, seed=0, epoch=0)
-    cache = DistortionCache(x, backend="torch")
-    y, s = epoch_data(cache, plan)
-    pristine = plan.level == 0
-    np.testing.assert_array_equal(y[pristine], x[pristine])
-    assert (s[pristine] == 1).all() and (s[~pristine] < 1).all()
-    i = int(np.flatnonzero(plan.level == 2)[0])
-    import iqals_fast as iq
-
-    ref = iq.distort(x[i:i + 1], KINDS[plan.kind[i]], 2, seed=plan.noise_seed, ids=[i])
-    np.testing.assert_array_equal(y[i:i + 1], ref)
-
-
 def test_test_subset_is_class_balanced_and_fixed():
     ds = synthetic(100, 200)
     t = ds.test_subset(50)
@@ -188,22 +149,122 @@ def test_test_subset_is_class_balanced_and_fixed():
         ds.test_subset(0)
 
 
-def test_epoch_data_on_torch_images_equals_numpy(tmp_path, monkeypatch):
-    """The cache on torch images (how train keeps them on a GPU) gives the numpy path's images and scores."""
+# ----------------------------------------------------------------------------------------------
+# Decoders. Observed agreement of DALI's CPU operator (nvidia-dali-cuda120 2.4, libjpeg-turbo and
+# libpng inside) with PIL: bit-exact, max |difference| 0, on RGB and grayscale PNG, on baseline JPEG
+# at several qualities, and on the real CIFAR-10 JPEGs of the shared archive.
+
+
+def _jpeg(arr, quality=75):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def make_mixed_folders(root, gen, classes=("cat", "dog", "emu"), n=(6, 3)):
+    """Class folders holding PNG (RGB and grayscale) and JPEG files of one size."""
+    for split, k in zip(("train", "test"), n):
+        for ci, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i, im in enumerate(gen(k, 12, 10, seed=ci * 10 + k)):
+                if i % 3 == 0:
+                    (d / f"{i:03d}.png").write_bytes(_png(im))
+                elif i % 3 == 1:
+                    (d / f"{i:03d}.png").write_bytes(_png(im[..., 0]))  # grayscale: decoded to RGB
+                else:
+                    (d / f"{i:03d}.jpg").write_bytes(_jpeg(im, quality=40 + 10 * ci))
+    return root
+
+
+def test_unknown_decoder_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="decoder must be one of pil, dali, dali-mixed"):
+        load("synthetic", decoder="opencv")
+
+
+def test_dali_cpu_decoder_equals_pil_bit_for_bit(tmp_path, gen):
+    pytest.importorskip("nvidia.dali")
+    root = make_mixed_folders(tmp_path / "d", gen)
+    pil = load(root, cache=False)
+    arc = to_tar(root, tmp_path / "d.tar.gz")
+    for spec, checksum in ((root, pil.checksum), (arc, sources.sha256_file(arc))):
+        dali = load(spec, cache=False, decoder="dali")
+        np.testing.assert_array_equal(dali.train_x, pil.train_x)  # max |difference| 0
+        np.testing.assert_array_equal(dali.test_x, pil.test_x)
+        np.testing.assert_array_equal(dali.train_y, pil.train_y)
+        assert dali.classes == pil.classes and dali.checksum == checksum  # the source's checksum, whatever decodes it
+
+
+def test_each_decoder_has_its_own_cache_and_pil_keeps_its_name(tmp_path, gen, monkeypatch):
+    pytest.importorskip("nvidia.dali")
+    arc = to_tar(make_mixed_folders(tmp_path / "d", gen), tmp_path / "d.tar.gz")
+    cache = tmp_path / "cache"
+    a = load(arc)
+    assert [p.name for p in cache.iterdir()] == [f"decoded-v1-{a.checksum[:32]}.npz"]  # PIL's cache as it was
+    pil_bytes = (cache / f"decoded-v1-{a.checksum[:32]}.npz").read_bytes()
+    b = load(arc, decoder="dali")
+    assert sorted(p.name for p in cache.iterdir()) == sorted([f"decoded-v1-{a.checksum[:32]}.npz",
+                                                               f"decoded-v1-{a.checksum[:32]}-dali.npz"])
+    assert (cache / f"decoded-v1-{a.checksum[:32]}.npz").read_bytes() == pil_bytes
+    monkeypatch.setattr(sources, "_decode_dali", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    c = load(arc, decoder="dali")
+    np.testing.assert_array_equal(c.train_x, b.train_x)
+    np.testing.assert_array_equal(b.train_x, a.train_x)
+
+
+def test_dali_decoder_errors_name_the_culprit(tmp_path, gen):
+    pytest.importorskip("nvidia.dali")
+    root = make_folders(tmp_path / "d", gen, corrupt="train/dog/bad.png")
+    for spec in (root, to_tar(root, tmp_path / "d.tar.gz")):
+        with pytest.raises(DataError, match=r"corrupt or unreadable image .*train/dog/bad.png"):
+            load(spec, decoder="dali")
+    with pytest.raises(DataError, match=r"class folder test/emu/ is empty"):
+        load(make_folders(tmp_path / "e", gen, empty=("test", "emu")), decoder="dali")
+
+
+def test_dali_decoder_spans_several_batches(tmp_path, gen, monkeypatch):
+    pytest.importorskip("nvidia.dali")
+    monkeypatch.setattr(sources, "DALI_BATCH", 4)  # 6 train images per class: a full and a partial batch
+    root = make_mixed_folders(tmp_path / "d", gen)
+    np.testing.assert_array_equal(load(root, cache=False, decoder="dali").train_x, load(root, cache=False).train_x)
+
+
+@pytest.mark.data
+def test_dali_cpu_decoder_equals_pil_on_real_cifar_jpegs(tmp_path):
+    """The shared archive's JPEGs (the first 30 test images of each class): DALI's CPU decode = PIL's."""
+    import tarfile
+
+    from conftest import ARCHIVE
+
+    pytest.importorskip("nvidia.dali")
+    if not ARCHIVE.is_file():
+        pytest.skip(f"shared CIFAR-10 archive not found at {ARCHIVE}")
+    root, taken = tmp_path / "real", {}
+    with tarfile.open(ARCHIVE, "r:gz") as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if m.isfile() and len(parts) >= 3 and parts[-3] == "test" and parts[-1].endswith(".jpg"):
+                if taken.setdefault(parts[-2], 0) < 30:
+                    taken[parts[-2]] += 1
+                    for split in ("train", "test"):
+                        (root / split / parts[-2]).mkdir(parents=True, exist_ok=True)
+                        (root / split / parts[-2] / parts[-1]).write_bytes(tar.extractfile(m).read())
+    pil = load(root, cache=False)
+    dali = load(root, cache=False, decoder="dali")
+    assert len(pil.train_y) == 300
+    np.testing.assert_array_equal(dali.train_x, pil.train_x)  # bit-exact
+
+
+def test_dali_mixed_decoder_is_close_to_pil(tmp_path, gen):
+    """nvJPEG on a GPU ("mixed"): approximate for JPEG (IDCT and upsampling differ), exact for PNG."""
+    pytest.importorskip("nvidia.dali")
     import torch
 
-    from iqals_fast.data.mixture import DistortionCache, epoch_data, epoch_plan
-    from iqals_fast.data.sources import synthetic
-
-    monkeypatch.setenv("IQALS_CACHE", str(tmp_path))
-    ds = synthetic(300, 10)
-    plan = epoch_plan(300, ("blur", "noise", "jpeg"), 1, 0)
-    idx = np.random.default_rng(0).permutation(300)[:150]
-    xa, sa = epoch_data(DistortionCache(ds.train_x), plan, idx)
-    xb, sb = epoch_data(DistortionCache(torch.from_numpy(ds.train_x)), plan, idx)
-    assert isinstance(xb, torch.Tensor) and isinstance(sb, torch.Tensor)
-    np.testing.assert_array_equal(xb.numpy(), xa)
-    np.testing.assert_array_equal(sb.numpy(), sa)
-    xall, sall = epoch_data(DistortionCache(ds.train_x), plan)  # a share = the same rows of the whole
-    np.testing.assert_array_equal(xall[idx], xa)
-    np.testing.assert_array_equal(sall[idx], sa)
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="no CUDA GPU"):
+            load(make_mixed_folders(tmp_path / "d", gen), cache=False, decoder="dali-mixed")
+        pytest.skip("decoder 'dali-mixed' needs a CUDA GPU")
+    root = make_mixed_folders(tmp_path / "d", gen)
+    pil, gpu = load(root, cache=False), load(root, cache=False, decoder="dali-mixed")
+    diff = np.abs(gpu.train_x.astype(int) - pil.train_x)
+    assert diff.max() <= 8 and diff.mean() < 1.0, (diff.max(), diff.mean())

@@ -1,30 +1,10 @@
-"""The paper's CNN: TensorFlow's LRN, SAME pooling, initialisation and per-image standardisation."""
+"""The paper's CNN: SAME pooling, initialisation and per-image standardisation (its LRN: tests/ops/test_lrn.py)."""
 
-import numpy as np
 import pytest
 import torch
 
 from iqals_fast.config import PAPER
-from iqals_fast.model import PaperCNN, lrn_reference, lrn_tf, max_pool_same, standardize
-
-
-def test_lrn_matches_tensorflow_formula():
-    x = torch.rand(2, 64, 5, 7) * 20
-    # tf.nn.lrn: sqr_sum over c-4..c+4; out = x / (1 + 0.001/9 * sqr_sum) ** 0.75, written here by loops
-    xs = x.double().numpy()
-    ref = np.empty_like(xs)
-    for c in range(64):
-        sq = (xs[:, max(0, c - 4):c + 5] ** 2).sum(1)
-        ref[:, c] = xs[:, c] / (1.0 + 0.001 / 9 * sq) ** 0.75
-    np.testing.assert_allclose(lrn_tf(x).double().numpy(), ref, rtol=1e-5)
-    np.testing.assert_allclose(lrn_reference(x).double().numpy(), ref, rtol=1e-5)
-
-
-def test_lrn_gradient_matches_formula_autograd():
-    x = (torch.rand(2, 16, 3, 3, dtype=torch.float64) * 10).requires_grad_()
-    g1 = torch.autograd.grad(lrn_tf(x).sum(), x)[0]
-    g2 = torch.autograd.grad(lrn_reference(x).sum(), x)[0]
-    torch.testing.assert_close(g1, g2)
+from iqals_fast.model import PaperCNN, max_pool_same, standardize
 
 
 def test_max_pool_same_follows_tensorflow_windows():

@@ -5,14 +5,15 @@ import json
 import pytest
 
 import iqals_fast.reproduce as R
+from iqals_fast import config
 from iqals_fast.cli import main
-from iqals_fast.config import STRATEGIES
+from iqals_fast.config import PROTOCOLS, STRATEGIES, ReproProtocol
 
 
 @pytest.fixture
 def tiny(monkeypatch, tmp_path):
     monkeypatch.setenv("IQALS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(R.PROTOCOLS, "small", R.ReproProtocol("small", 1, 100, 1, 100))
+    monkeypatch.setitem(PROTOCOLS, "small", ReproProtocol("small", 1, 100, 1, 100))
 
 
 def test_reproduce_writes_the_report_and_resumes(tiny, tmp_path, capsys):
@@ -52,7 +53,8 @@ def test_same_seed_reproduces_a_row_exactly(tiny, tmp_path):
 
 
 def test_protocols():
-    assert R.PROTOCOLS["paper"].epochs == 2000 and R.PROTOCOLS["paper"].train_subset is None
+    assert PROTOCOLS["paper"].epochs == 2000 and PROTOCOLS["paper"].train_subset is None
+    assert R.PROTOCOLS is PROTOCOLS and config.DEFAULT_PROTOCOL in PROTOCOLS  # one definition, in config
     with pytest.raises(ValueError, match="--protocol must be one of"):
         R.reproduce("huge")
     assert len(STRATEGIES) == 9

@@ -10,7 +10,8 @@ from iqals_fast.data.sources import synthetic
 from iqals_fast.evaluate import evaluate
 from iqals_fast.model import PaperCNN
 from iqals_fast.report import figure3, figure4, table
-from iqals_fast.train import RunError, TrainConfig, train
+from iqals_fast.runs import RunError
+from iqals_fast.train import TrainConfig, train
 
 DS = synthetic(300, 60)
 

@@ -1,65 +1,24 @@
-"""Public image operations: distort, ssim, distort_and_score. Validation here, work in the backends."""
+"""The public operations: distort, ssim, distort_and_score and lrn. Argument checks (``checks.py``),
+then the implementation the dispatch table picks (``dispatch.py``); the loss and the soft labels are
+in ``labels.py``, the other quality measures in ``iqa.py``."""
 
 from __future__ import annotations
 
-import math
+import torch
 
-from ..config import KINDS, LEVELS, SSIM
-from . import dispatch
-from ._images import MIN_SIDE, as_images, same_shape
-from .noise import check_seed_ids
-
-DISTORT_KINDS = KINDS + ("blur+noise",)
-"""``blur+noise`` blurs, then adds noise, then rounds once (param = (sigma, variance))."""
-
-
-def _param(kind: str, level, param):
-    if kind not in DISTORT_KINDS:
-        raise ValueError(f"kind must be one of {DISTORT_KINDS}, got {kind!r}")
-    if (level is None) == (param is None):
-        raise ValueError(f"give exactly one of level (1-3) or param for kind {kind!r}")
-    if level is not None:
-        if kind == "blur+noise":
-            return (LEVELS.param("blur", level), LEVELS.param("noise", level))
-        return LEVELS.param(kind, level)
-    if kind == "blur+noise":
-        try:
-            sigma, var = param
-        except (TypeError, ValueError):
-            raise ValueError(f"param for 'blur+noise' must be (sigma, variance), got {param!r}") from None
-        return (_check_real("sigma", sigma, positive=True), _check_real("variance", var))
-    if kind == "jpeg":
-        if isinstance(param, bool) or not isinstance(param, int) or not 1 <= param <= 100:
-            raise ValueError(f"JPEG quality must be an integer in [1, 100], got {param!r}")
-        return param
-    return _check_real("sigma" if kind == "blur" else "variance", param, positive=kind == "blur")
-
-
-def _check_real(name, v, positive=False):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {v!r}") from None
-    if not math.isfinite(f) or f < 0 or (positive and f == 0):
-        raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {v!r}")
-    return f
+from . import checks, dispatch
 
 
 def _run(images, kind, p, seed, ids, backend, score):
-    t, back = as_images(images, min_side=SSIM.win if score else MIN_SIDE)
-    ids_t = check_seed_ids(seed, ids, t.shape[0], t.device)
+    t, back = checks.as_images(images, min_side=checks.MIN_SCORE_SIDE if score else checks.MIN_SIDE)
+    ids_t = checks.check_seed_ids(seed, ids, t.shape[0], t.device)
     if kind == "jpeg":
-        # JPEG has its own backends (dali, torch = PIL; the same bytes): a backend without one
-        # (cpu, triton) takes the best JPEG there is, and its own SSIM.
-        if backend != "auto" and backend not in dispatch.PREFERENCE:
-            raise ValueError(f"backend must be 'auto' or one of {dispatch.PREFERENCE}, got {backend!r}")
-        jpeg_backend = backend if backend in dispatch.backends("jpeg") else "auto"
-        _, jpeg = dispatch.resolve("jpeg", jpeg_backend, t.device)
+        (_, jpeg), scorer = dispatch.resolve_jpeg(backend, t.device, score)
         out = jpeg(t, p)
-        s = ssim(t, out, backend="auto" if backend == "dali" else backend) if score else None
+        s = scorer[1](t, out) if score else None
         return back(out), (back(s) if score else None)
     sigma, var = {"blur": (p, None), "noise": (None, p), "blur+noise": p}[kind]
-    _, fn = dispatch.resolve("distort_score", backend, t.device)
+    _, fn = dispatch.resolve("distort_and_score", backend, t.device)
     out, s = fn(t, sigma, var, seed, ids_t, score)
     return back(out), (back(s) if score else None)
 
@@ -71,20 +30,22 @@ def distort(images, kind: str, level: int | None = None, *, param=None, seed: in
     kind: "blur" (Gaussian, sigma), "noise" (white Gaussian, variance on the [0, 1] scale), "jpeg"
     (libjpeg quality) or "blur+noise"; level 1-3 takes the paper's parameter (``iq.LEVELS``), or
     give ``param`` explicitly. Noise depends only on (seed, ids[i], channel, row, column); ``ids``
-    defaults to 0..N-1. Returns the same type, shape and device as ``images``.
+    defaults to 0..N-1. Images must be at least 8 x 8. Returns the same type, shape and device as
+    ``images``.
 
     >>> import numpy as np, iqals_fast as iq
     >>> x = np.zeros((2, 32, 32, 3), np.uint8)
     >>> iq.distort(x, "noise", 1, seed=7).shape
     (2, 32, 32, 3)
     """
-    return _run(images, kind, _param(kind, level, param), seed, ids, backend, score=False)[0]
+    return _run(images, kind, checks.distortion_param(kind, level, param), seed, ids, backend, score=False)[0]
 
 
 def distort_and_score(images, kind: str, level: int | None = None, *, param=None, seed: int = 0, ids=None,
                       backend: str = "auto"):
-    """``(distort(images, ...), ssim(images, distorted))`` in one call (fused where a backend can)."""
-    return _run(images, kind, _param(kind, level, param), seed, ids, backend, score=True)
+    """``(distort(images, ...), ssim(images, distorted))`` in one call (fused where a backend can).
+    Images must be at least 11 x 11 (the SSIM window)."""
+    return _run(images, kind, checks.distortion_param(kind, level, param), seed, ids, backend, score=True)
 
 
 def ssim(reference, distorted, *, backend: str = "auto"):
@@ -95,8 +56,23 @@ def ssim(reference, distorted, *, backend: str = "auto"):
     Gaussian window, K1 = 0.01, K2 = 0.03, population covariance, the map cropped by 5 pixels per
     side and averaged over the three channels. Images must be at least 11 x 11.
     """
-    x, back = as_images(reference, "reference", min_side=SSIM.win)
-    y, _ = as_images(distorted, "distorted", min_side=SSIM.win)
-    same_shape(x, y, "reference", "distorted")
+    x, back = checks.as_images(reference, "reference", min_side=checks.MIN_SCORE_SIDE)
+    y, _ = checks.as_images(distorted, "distorted", min_side=checks.MIN_SCORE_SIDE)
+    checks.same_shape(x, y, "reference", "distorted")
     _, fn = dispatch.resolve("ssim", backend, x.device)
     return back(fn(x, y))
+
+
+def lrn(x: torch.Tensor, radius: int, bias: float, alpha: float, beta: float, backend: str = "auto") -> torch.Tensor:
+    """TensorFlow's ``tf.nn.lrn`` of an N x C x H x W float tensor across channels (differentiable):
+
+        s_c = bias + alpha * sum_{|j - c| <= radius} x_j^2,     y_c = x_c * s_c ** -beta
+
+    (TF's alpha multiplies the sum itself; PyTorch's ``local_response_norm`` divides its alpha by the
+    window size.) On CPU the C++ kernels of csrc/lrn.cpp (backend ``cpu``), elsewhere PyTorch's
+    composite (``torch``, the reference, fused by ``torch.compile`` on CUDA).
+    """
+    checks.lrn_input(x)
+    checks.lrn_params(radius, bias, alpha, beta)
+    _, fn = dispatch.resolve("lrn", backend, x.device)
+    return fn(x, radius, bias, alpha, beta)

@@ -47,7 +47,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._images import as_images, same_shape
+from .api import ssim
+from .checks import as_images, same_shape
+from .reference import planes
 
 IQA_MEASURES = ("ssim", "ms-ssim-small", "gmsd", "psnr")
 
@@ -67,16 +69,11 @@ def check_measure(measure: str) -> str:
     return measure
 
 
-def _planes(t: torch.Tensor) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> float32 N x 3 x H x W on [0, 1]."""
-    return t.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-
-
 def _pair(reference, distorted, min_side: int):
     x, back = as_images(reference, "reference", min_side=min_side)
     y, _ = as_images(distorted, "distorted", min_side=min_side)
     same_shape(x, y, "reference", "distorted")
-    return _planes(x), _planes(y), back
+    return planes(x, torch.float32), planes(y, torch.float32), back
 
 
 def _gauss2d(size: int, sigma: float, device) -> torch.Tensor:
@@ -149,8 +146,6 @@ def iqa_measure(reference, distorted, measure: str, *, backend: str = "auto"):
     """
     check_measure(measure)
     if measure == "ssim":
-        from .api import ssim
-
         return ssim(reference, distorted, backend=backend)
     fn, min_side = _RAW[measure]
     x, y, back = _pair(reference, distorted, min_side)

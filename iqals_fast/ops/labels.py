@@ -1,5 +1,9 @@
 """IQA-based label smoothing: Eq. 2 (the soft label) and Eq. 1 (its squared-error loss).
 
+``soft_labels`` is plain torch (no dispatch); ``soft_label_mse`` checks its arguments and runs the
+dispatch table's ``soft_label_mse`` (Triton's fused kernel on CUDA, ``reference.soft_label_mse``
+elsewhere).
+
 A distorted image of class y with quality score s gets the label
     q_y = T(s),   q_k = (1 - T(s)) / (K - 1) for k != y,
 and the loss is the squared error between the softmax output and q, summed over classes and
@@ -19,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from . import dispatch
+from . import checks, dispatch
 
 
 def parse_transform(transform: str) -> tuple[str, float]:
@@ -49,30 +53,9 @@ def apply_transform(scores: torch.Tensor, transform: str, num_classes: int) -> t
     return torch.clamp(1.0 - a * (1.0 - scores), min=1.0 / num_classes, max=1.0)
 
 
-def _check(labels, scores, num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    lab = torch.as_tensor(labels)
-    if lab.dtype.is_floating_point or lab.dtype == torch.bool or lab.ndim != 1:
-        raise ValueError(f"labels must be a 1-D integer array, got dtype {lab.dtype}, shape {tuple(lab.shape)}")
-    sc = torch.as_tensor(scores)
-    if not sc.dtype.is_floating_point:
-        sc = sc.to(torch.float32)
-    if sc.shape != lab.shape:
-        raise ValueError(f"scores must have one value per label: shape {tuple(sc.shape)} vs labels {tuple(lab.shape)}")
-    if lab.numel():
-        if int(lab.min()) < 0 or int(lab.max()) >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(lab.min())}, {int(lab.max())}]")
-        bad = ~((sc >= 0) & (sc <= 1))  # NaN compares False
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(f"scores must lie in [0, 1]; scores[{i}] = {float(sc[i])!r}")
-    return lab, sc
-
-
 def soft_labels(labels, scores, num_classes: int = 10, transform: str = "identity"):
     """Eq. 2: N x K float32 soft labels (numpy in, numpy out; torch in, torch out)."""
-    lab, sc = _check(labels, scores, num_classes)
+    lab, sc = checks.labels_scores(labels, scores, num_classes)
     t = apply_transform(sc.to(torch.float32), transform, num_classes)
     q = ((1.0 - t) / (num_classes - 1))[:, None].repeat(1, num_classes)
     q.scatter_(1, lab[:, None].long().to(q.device), t[:, None])
@@ -84,12 +67,8 @@ def soft_label_mse(logits: torch.Tensor, labels, scores, transform: str = "ident
 
     logits: B x K float tensor; labels: B integers; scores: B values in [0, 1] (1 = 0-1 labels).
     """
-    if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point or logits.ndim != 2:
-        raise ValueError(
-            "logits must be a 2-D floating-point torch tensor (batch x classes), got "
-            f"{type(logits).__name__} {getattr(logits, 'dtype', '')} {tuple(getattr(logits, 'shape', ()))}"
-        )
-    lab, sc = _check(labels, scores, logits.shape[1])
+    checks.logits(logits)
+    lab, sc = checks.labels_scores(labels, scores, logits.shape[1])
     if lab.shape[0] != logits.shape[0]:
         raise ValueError(f"labels ({lab.shape[0]}) and logits ({logits.shape[0]}) must have the same batch size")
     on_true = apply_transform(sc.to(device=logits.device, dtype=torch.float32), transform, logits.shape[1])

@@ -72,24 +72,6 @@ def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(th)
 
 
-def check_seed_ids(seed, ids, n: int, device) -> torch.Tensor:
-    """Validate the seed and image ids; return ids as an int64 tensor of length n on ``device``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_U32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    if ids is None:
-        return torch.arange(n, dtype=torch.int64, device=device)
-    t = torch.as_tensor(ids)
-    if t.dtype.is_floating_point or t.dtype == torch.bool or t.ndim != 1 or t.numel() != n:
-        raise ValueError(
-            f"ids must be a 1-D integer array with one id per image ({n}), got dtype {t.dtype} "
-            f"and shape {tuple(t.shape)}"
-        )
-    t = t.to(torch.int64)
-    if n and (int(t.min()) < 0 or int(t.max()) > MAX_U32):
-        raise ValueError("ids must lie in [0, 2**32)")
-    return t.to(device)
-
-
 def normals(seed: int, ids: torch.Tensor, h: int, w: int, c: int = 3) -> torch.Tensor:
     """The standard normals of the scheme for images ``ids``: float32 N x H x W x C."""
     n = ids.numel()

@@ -1,0 +1,65 @@
+"""Reports from evaluated runs: ``tables`` (Table 2, CIFAR-10-C and mCE, calibration: Markdown and CSV),
+``figures`` (Figures 3 and 4, reliability, confidence against SSIM, CIFAR-10-C: PNG) and ``markdown``
+(the reproduction report, ``report.md``)."""
+
+from .figures import (
+    FIG4_CLASSES,
+    FIG4_SIGMAS,
+    confidence_ssim_figure,
+    corruption_figure,
+    figure3,
+    figure4,
+    reliability_figure,
+)
+from .markdown import (
+    calibration_lines,
+    claims,
+    extended_reports,
+    extended_sections,
+    mean_quality,
+    measure_section,
+    robustness_lines,
+    write_report,
+)
+from .tables import (
+    CAL_METRICS,
+    DISTORTED,
+    SET_NAMES,
+    aggregate,
+    calibration_table,
+    corruption_errors,
+    corruption_table,
+    has_extended,
+    load_evals,
+    load_paper,
+    table,
+)
+
+__all__ = [
+    "CAL_METRICS",
+    "DISTORTED",
+    "FIG4_CLASSES",
+    "FIG4_SIGMAS",
+    "SET_NAMES",
+    "aggregate",
+    "calibration_lines",
+    "calibration_table",
+    "claims",
+    "confidence_ssim_figure",
+    "corruption_errors",
+    "corruption_figure",
+    "corruption_table",
+    "extended_reports",
+    "extended_sections",
+    "figure3",
+    "figure4",
+    "has_extended",
+    "load_evals",
+    "load_paper",
+    "mean_quality",
+    "measure_section",
+    "reliability_figure",
+    "robustness_lines",
+    "table",
+    "write_report",
+]
