@@ -9,8 +9,9 @@
 //
 // Arithmetic is float32 in the torch backend's order (blur horizontal, then vertical; noise added
 // after the blur; one rounding), compiled without FMA contraction: every instruction set computes
-// the same bits. A result differs from the torch reference's only by the order of a filter's sums
-// (and SSIM filters its moments vertically first) and by float rounding of log and cos.
+// the same bits. A distorted image differs from the torch reference's only by the order of a filter's
+// sums and by float rounding of log and cos; SSIM is float32 here (the reference's is float64), each
+// image shifted by its own per-channel midpoint, its moments filtered vertically first.
 #include "kernels.h"
 
 #include <algorithm>
@@ -90,7 +91,8 @@ DistortLayout distort_layout(int h, int w, const Taps& blur) {
 struct SSIMLayout {
     int64_t valid;  // 3 (W - win + 1): values per row of the SSIM map
     int64_t row;    // round_up(3W) + L: one moment row, plus a block read past its end
-    int64_t total(int win) const { return (int64_t(win) + 1) * kMoments * row; }
+    // the ring of win moment slots, the vertical sums, and a row of each image's per-channel shifts
+    int64_t total(int win) const { return (int64_t(win) + 1) * kMoments * row + 2 * row; }
 };
 
 SSIMLayout ssim_layout(int w, const SSIMWindow& window) {
@@ -100,16 +102,35 @@ SSIMLayout ssim_layout(int w, const SSIMWindow& window) {
     return s;
 }
 
+// Per channel, the midpoint of an image's range: (min + max) / 2 / 255, as a row of 3W (+ padding)
+// floats repeating the channels' values (row[j] is channel j % 3's), the lanes' layout of a moment row.
+void channel_midpoints(const uint8_t* img, int h, int w, float* row, int64_t len) {
+    int lo[3] = {255, 255, 255}, hi[3] = {0, 0, 0};
+    const int64_t n = int64_t(h) * w;
+    for (int64_t i = 0; i < n; ++i) {
+        for (int c = 0; c < 3; ++c) {
+            lo[c] = std::min<int>(lo[c], img[3 * i + c]);
+            hi[c] = std::max<int>(hi[c], img[3 * i + c]);
+        }
+    }
+    float mid[3];
+    for (int c = 0; c < 3; ++c) mid[c] = (float(lo[c] + hi[c]) * 0.5f) / 255.0f;  // a flat channel's own value
+    for (int64_t j = 0; j < len; ++j) row[j] = mid[j % 3];
+}
+
 // SSIM of one image pair: the mean of the SSIM map over the valid window positions and channels.
 //
-// Stage 1, per input row: the five moment rows x', y', x'^2, y'^2, x'y' of x' = x/255 - 0.5 (the
-//   shift keeps float32's E[x^2] - E[x]^2 accurate; (co)variances do not change under it), into a
-//   ring buffer of the last `win` rows.
+// Stage 0: each image's per-channel shift, the midpoint of its range (channel_midpoints).
+// Stage 1, per input row: the five moment rows x', y', x'^2, y'^2, x'y' of x' = x/255 - shift_x(c),
+//   y' = y/255 - shift_y(c), into a ring buffer of the last `win` rows. (Co)variances do not change
+//   under the shifts; float32's E[x'^2] - E[x']^2 leaves a residue of a few ulps of E[x'^2] that C2
+//   amplifies where a window is flat, and the midpoint makes |x'| <= (max - min) / 2 <= 0.5: a flat
+//   image (and every flat channel) has x' = 0 exactly, no residue at all.
 // Stage 2, once the ring holds `win` rows: their vertical filter, one row of each moment.
 // Stage 3, per block of that row's valid positions: the horizontal filter gives the local moments
 //   mu_x, mu_y, E[x'^2], E[y'^2], E[x'y']; the SSIM formula; masked partial sums.
-// (The torch backend filters horizontally first; the order only changes float rounding, and
-// filtering vertically first filters H - win + 1 rows horizontally instead of H.)
+// (The torch backend filters horizontally first; the order only changes rounding, and filtering
+// vertically first filters H - win + 1 rows horizontally instead of H.)
 double ssim_image(const uint8_t* a, const uint8_t* b, int h, int w, const SSIMWindow& window, void* scratch) {
     const Taps& t = window.taps;
     const int win = t.n, r = win / 2;
@@ -118,6 +139,10 @@ double ssim_image(const uint8_t* a, const uint8_t* b, int h, int w, const SSIMWi
     const int64_t slot = kMoments * s.row;
     float* ring = static_cast<float*>(scratch);  // win slots of kMoments rows
     float* vert = ring + win * slot;             // kMoments rows
+    float* shift_x = vert + slot;                // each image's per-channel shift, as a row
+    float* shift_y = shift_x + s.row;
+    channel_midpoints(a, h, w, shift_x, s.row);
+    channel_midpoints(b, h, w, shift_y, s.row);
     const float c1 = window.c1, c2 = window.c2;
     simd::I lane{};
     for (int l = 0; l < L; ++l) lane[l] = l;
@@ -126,8 +151,8 @@ double ssim_image(const uint8_t* a, const uint8_t* b, int h, int w, const SSIMWi
         // Stage 1: moment rows (whole blocks: lanes past the row only reach ignored outputs).
         float* m = ring + int64_t(y % win) * slot;
         for (int64_t j0 = 0; j0 < row; j0 += L) {
-            const F xs = unit(simd::load_bytes(a + y * row + j0, row - j0)) - 0.5f;
-            const F ys = unit(simd::load_bytes(b + y * row + j0, row - j0)) - 0.5f;
+            const F xs = unit(simd::load_bytes(a + y * row + j0, row - j0)) - load(shift_x + j0);
+            const F ys = unit(simd::load_bytes(b + y * row + j0, row - j0)) - load(shift_y + j0);
             store(m + j0, xs);
             store(m + s.row + j0, ys);
             store(m + 2 * s.row + j0, xs * xs);
@@ -165,7 +190,7 @@ double ssim_image(const uint8_t* a, const uint8_t* b, int h, int w, const SSIMWi
             const F vx = mom[2] - mx * mx;
             const F vy = mom[3] - my * my;
             const F vxy = mom[4] - mx * my;
-            const F ux = mx + 0.5f, uy = my + 0.5f;
+            const F ux = mx + load(shift_x + j0), uy = my + load(shift_y + j0);  // valid j: channel j % 3
             const F num = (2.0f * ux * uy + c1) * (2.0f * vxy + c2);
             const F den = (ux * ux + uy * uy + c1) * (vx + vy + c2);
             float* sums = part + j0 % kSumLanes;

@@ -14,20 +14,34 @@ from pathlib import Path
 
 
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Write a file atomically: ``write(fileobj)`` into a temporary file, then rename over ``path``."""
+    """Write a file atomically: ``write(fileobj)`` into a temporary file ``.NAME.*.tmp`` beside it, then rename
+    over ``path``. An OSError (a full disk, say) names ``path``; the old file is left whole and the
+    temporary file removed (one a killed process leaves is for the directory's owner to remove)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from None
         raise
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` with ``path`` as its file name when it has none (a failed write names only its descriptor)."""
+    if e.errno is None or e.filename is not None:
+        return e
+    return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
 
 
 def save_text(path: str | os.PathLike, text: str) -> None:

@@ -37,7 +37,7 @@ from .report import (
     table,
 )
 from .reproduce import reproduce
-from .runs import check_device
+from .runs import check_device, os_error_message
 from .throughput import run_bench
 from .train import TrainConfig
 
@@ -176,6 +176,9 @@ def main(argv=None) -> int:
         return 130
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"iqals-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a permission, a path through a file: what failed, and where
+        print(f"iqals-fast {args.command}: error: {os_error_message(e)}", file=sys.stderr)
         return 2
 
 

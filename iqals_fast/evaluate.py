@@ -46,15 +46,16 @@ from .config import (
     test_set_name,
 )
 from .data.mixture import DistortionCache
-from .data.sources import Dataset, load
+from .data.sources import Dataset, load, sha256_file
 from .metrics import classification_metrics, spearman
 from .model import standardize
 from .ops.api import distort_and_score
-from .runs import EVAL, check_device, load_model, versions
+from .runs import CHECKPOINT, EVAL, RunError, check_device, data_spec, load_trained, versions
 
 EVAL_VERSION = 2
 """eval.json layout: 1 = accuracy and mean true-class confidence on Table 2's sets; 2 = the
-calibration metrics on every set and the corruptions suite."""
+calibration metrics on every set and the corruptions suite (since then also ``n_test`` and
+``checkpoint``: what a later evaluation of one suite checks before it keeps the other's results)."""
 
 
 def test_sets(ds: Dataset, backend: str = "auto", bar=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -129,15 +130,60 @@ def _rho(pool) -> float | None:
     return None if np.isnan(r) else r
 
 
+def _read_eval(run: Path) -> dict | None:
+    """``RUN/eval.json``, or None where it is missing or unreadable."""
+    p = Path(run) / EVAL
+    try:
+        e = json.loads(p.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        print(f"note: {p} is unreadable: taken as missing")
+        return None
+    return e if isinstance(e, dict) else None
+
+
 def needs_eval(run: Path, suite: str = "all") -> bool:
     """True when ``RUN/eval.json`` is missing or lacks what ``suite`` measures (an older layout)."""
-    p = Path(run) / EVAL
-    if not p.is_file():
+    e = _read_eval(run)
+    if e is None:
         return True
-    e = json.loads(p.read_text())
     if e.get("eval_version", 1) < EVAL_VERSION:
         return True
     return suite in ("corruptions", "all") and not e.get("corruptions")
+
+
+def _n_test(e: dict) -> int | None:
+    return e.get("n_test", e.get("results", {}).get("pristine", {}).get("n"))
+
+
+def _why_not_mergeable(old: dict, ds: Dataset, checkpoint: dict) -> str | None:
+    """Why the sections of an earlier eval.json cannot stand beside a new evaluation's (None: they can):
+    another layout, other test images (checksum and number: the same data under another path are the same),
+    another checkpoint."""
+    if old.get("eval_version", 1) < EVAL_VERSION:
+        return "in an older layout"
+    if old.get("test_checksum") != ds.checksum or _n_test(old) != len(ds.test_y):
+        return (f"on other test data ({old.get('test_data')}: checksum {str(old.get('test_checksum'))[:16]}, "
+                f"{_n_test(old)} images; now {ds.checksum[:16]}, {len(ds.test_y)} images)")
+    was = old.get("checkpoint")
+    if was is not None and was.get("sha256") != checkpoint["sha256"]:
+        return f"on another checkpoint (epoch {was.get('epoch')}; now epoch {checkpoint['epoch']})"
+    return None
+
+
+def check_compatible(ds: Dataset, cfg: dict, run: Path) -> None:
+    """Test data must have the run's classes, in its order, and its image size (RunError naming both)."""
+    d = cfg["dataset"]
+    if list(ds.classes) != list(d["classes"]):
+        def show(c):
+            return ", ".join(map(str, c[:6])) + (", ..." if len(c) > 6 else "") + f" ({len(c)})"
+        raise RunError(f"{ds.source}: its classes ({show(list(ds.classes))}) are not those {run} was trained on "
+                       f"({show(list(d['classes']))}): evaluate on data with the run's classes")
+    size = int(d.get("image_size", 32))
+    if ds.test_x.ndim != 4 or tuple(ds.test_x.shape[1:]) != (size, size, 3):
+        raise RunError(f"{ds.source}: its test images are {' x '.join(map(str, ds.test_x.shape[1:]))}, but {run} "
+                       f"was trained on {size} x {size} x 3 images")
 
 
 def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend: str = "auto",
@@ -146,8 +192,13 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
     """Test a trained run on ``suite``'s test sets; writes ``RUN/eval.json`` atomically.
 
     ``suite``: ``table2``, ``corruptions`` or ``all``. Evaluating one suite keeps the other's results
-    already in eval.json (if its layout is current); ``corruptions`` also evaluates Table 2's sets when
-    eval.json lacks them (corruption errors need the clean accuracy). ``test_subset`` keeps a class-balanced N of the
+    already in eval.json when they were measured on the same test images (checksum and number, whatever
+    path named them) and the same checkpoint, in the current layout; ``corruptions`` also evaluates Table
+    2's sets when eval.json lacks them (corruption errors need the clean accuracy). An evaluation never
+    drops results it does not recompute: where the earlier ones cannot be kept it is refused (``--suite
+    all`` replaces everything). Test data of other classes or image size than the run's are refused.
+    ``data``: the test data (default: the run's training data, by the path config.json records, resolved
+    when the run was trained). ``test_subset`` keeps a class-balanced N of the
     test images (Table 2 proper uses the whole test set). ``sets`` / ``corruptions`` pass
     precomputed test sets (name -> (images, SSIM)), to share them between runs. ``progress``: a bar
     over the sets distorted and tested (on stderr).
@@ -157,26 +208,31 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
     check_device(device)
     run = Path(run)
     t0 = time.perf_counter()
-    model, cfg = load_model(run, device)
+    sha = sha256_file(run / CHECKPOINT) if (run / CHECKPOINT).is_file() else None
+    model, cfg, state = load_trained(run, device)
+    checkpoint = {"epoch": state["epoch"], "sha256": sha}
     # the standardised NHWC images are channels-last already: so made the weights (same logits, ~1.9x on CPU)
     model = model.to(memory_format=torch.channels_last)
-    ds = dataset if dataset is not None else load(data or cfg["data"])
+    ds = dataset if dataset is not None else load(data or data_spec(cfg))
     ds = ds.test_subset(test_subset)
+    check_compatible(ds, cfg, run)
     if ds.checksum != cfg["dataset"]["checksum"]:
         print(f"note: evaluating on {ds.source}, not the training data's source {cfg['dataset']['source']}")
-    old = {}
-    if suite != "all" and (run / EVAL).is_file():
-        old = json.loads((run / EVAL).read_text())
-        if old.get("eval_version", 1) < EVAL_VERSION or old.get("test_checksum") != ds.checksum \
-                or old.get("test_data") != ds.source:
-            old = {}
+    old = (_read_eval(run) or {}) if suite != "all" else {}
+    why = _why_not_mergeable(old, ds, checkpoint) if old else None
+    if why:  # (a corruptions-only evaluation then recomputes Table 2's sets too: nothing is lost)
+        if suite == "table2" and old.get("corruptions"):
+            raise RunError(f"{run / EVAL} holds corruptions results measured {why}; --suite table2 would replace it "
+                           "without them: pass --suite all to re-evaluate everything on these data")
+        old = {}
     out = {"run": str(run), "strategy": cfg["strategy"], "strategy_name": cfg["strategy_name"],
            "seed": cfg["seed"], "iqa": cfg.get("iqa", "ssim"), "eval_version": EVAL_VERSION, "test_data": ds.source,
-           "test_checksum": ds.checksum, "test_noise_seed": TEST_NOISE_SEED,
+           "test_checksum": ds.checksum, "n_test": int(len(ds.test_y)), "checkpoint": checkpoint,
+           "test_noise_seed": TEST_NOISE_SEED,
            "levels": {k: list(getattr(LEVELS, k)) for k in KINDS},
            "corruption_params": {c: {"kind": k, "params": list(p)} for c, (k, p) in CORRUPTIONS.items()},
            "results": old.get("results", {}), "corruptions": old.get("corruptions", {}),
-           "pooled": {k: v for k, v in old.get("pooled", {}).items() if k != "all"}}
+           "pooled": dict(old.get("pooled", {}))}
     pools, memo = {}, {}
     do_table2 = suite in ("table2", "all") or not out["results"]
     do_corr = suite in ("corruptions", "all")

@@ -5,12 +5,16 @@
 
 Everything random derives from ``--seed`` and the epoch number (the model's initialisation, each
 epoch's mixture, its noise and its batch order), so a run interrupted and resumed with
-``--resume`` ends with the same weights as an uninterrupted one (on the same CPU). The epoch's
-batches come from ``data/mixture.epoch_batches``; the run directory is ``runs.py``'s.
+``--resume`` ends with the same weights as an uninterrupted one, bit for bit when resumed on the
+same CPU with the same number of threads (another thread count changes the float rounding: 1 and 2
+threads differ by ~4e-8). The epoch's batches come from ``data/mixture.epoch_batches``; the run
+directory (its lock, config, checkpoint and metrics) is ``runs.py``'s. A loss or weights that turn
+non-finite stop the run at that epoch, the last good checkpoint kept.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +72,12 @@ class TrainConfig:
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed must lie in [0, 2**32), got {self.seed}")
         self.protocol()
-        check_device(self.device)
+        dev = check_device(self.device)
+        dispatch.resolve("soft_label_mse", self.backend, dev)  # a backend that cannot train fails here, not mid-run
+        run = self.run_dir()
+        for q in (run, *run.parents):
+            if q.exists() and not q.is_dir():
+                raise ValueError(f"--out {run}: {q} is a file, not a directory")
         size = world().size
         if self.batch_size % size:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of the number of processes ({size}): "
@@ -80,9 +89,9 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"strategy{self.strategy}-seed{self.seed}"
 
-    # Options that change the result: a resumed run must agree on all of them.
-    RESULT_KEYS = ("strategy", "data", "epochs", "train_subset", "seed", "transform", "batch_size", "lr_step_epochs",
-                   "iqa")
+    # Options that change the result: a resumed run must agree on all of them. The data are compared by
+    # their checksum (config.json's dataset.checksum), not by the --data string: moved data resume, changed don't.
+    RESULT_KEYS = ("strategy", "epochs", "train_subset", "seed", "transform", "batch_size", "lr_step_epochs", "iqa")
     RESULT_DEFAULTS = {"iqa": "ssim"}  # what a run written before the key existed used
 
 
@@ -149,49 +158,77 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = N
           stop_after: int | None = None) -> Path:
     """Train ``cfg.strategy``; return the run directory. ``stop_after`` ends early after that many
     epochs (as an interruption would), leaving a resumable checkpoint. Under torchrun, every rank
-    calls this (see distributed.py); rank 0 alone touches the run directory."""
+    calls this (see distributed.py); rank 0 alone touches the run directory, holding its lock
+    (``runs.lock``) from before it is opened until the last epoch is saved. Everything that can be
+    checked (options, device, backend, data) is checked before the directory is made."""
     cfg.validate()
     strategy, protocol, run, w = get_strategy(cfg.strategy), cfg.protocol(), cfg.run_dir(), world()
-    device = distributed.setup(w, torch.device(cfg.device))
     ds = (dataset if dataset is not None else load(cfg.data)).subset(cfg.train_subset, cfg.seed)
+    if (last := len(ds.train_y) % cfg.batch_size) % w.size:
+        # a rank with an empty (or smaller) share of the last batch would average NaN (or unequal means) into DDP
+        raise ValueError(f"the last batch holds {last} of the {len(ds.train_y)} training images, which {w.size} "
+                         f"processes cannot split evenly: choose --train-subset or --batch-size so that it can")
+    device = distributed.setup(w, torch.device(cfg.device))
     model = PaperCNN(ds.num_classes, ds.train_x.shape[1], seed=cfg.seed)
     model = (model.to(memory_format=torch.channels_last) if cfg.speed(device)[1] else model).to(device)
     opt = make_optimizer(model, protocol.lr, protocol.weight_decay)
-    start, history = runs.open_run(run, cfg, runs.describe(strategy, protocol, ds), model, opt, resume=resume, world=w)
     _, loss_fn = dispatch.resolve("soft_label_mse", cfg.backend, device)  # once: no host syncs per step
     cache = training_cache(ds.train_x, device, cfg.backend, cfg.iqa)
-    step = make_step(model, opt, loss_fn, cfg, device, w)
-    n, end = len(ds.train_y), protocol.epochs if stop_after is None else min(protocol.epochs, start + stop_after)
-    try:
-        with _Progress(cfg, (protocol.epochs - start) * -(-n // cfg.batch_size), progress and w.main) as bar:
-            for epoch in range(start, end):
-                t0, lr = time.perf_counter(), protocol.lr_at(epoch)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                batches = epoch_batches(cache, ds, strategy, seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size,
-                                        transform=cfg.transform, mixture=protocol.mixture, rank=w.rank, size=w.size,
-                                        device=device)
-                t_data = time.perf_counter() - t0
-                model.train()
-                loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64)
-                for b, (images, labels, targets) in enumerate(batches):
-                    loss, c = step(images, labels, targets)
-                    loss_sum += loss * len(labels)
-                    correct += c
-                    bar.step(epoch, b, len(batches), loss)
-                totals = distributed.all_reduce_sum(
-                    torch.cat([loss_sum[None].double(), correct[None].double(), batches.quality_sums()]), w)
-                dt = time.perf_counter() - t0
-                history.append({"epoch": epoch + 1, "lr": lr, "loss": float(totals[0]) / n,
-                                "train_acc": float(totals[1]) / n, "seconds": dt, "data_seconds": t_data,
-                                "images_per_s": n / dt, "mean_ssim": mean_quality(totals[2:])})
-                if w.main:
-                    runs.save(run, model, opt, history, cfg)
-    except KeyboardInterrupt:
-        if w.main:
-            print(f"\ninterrupted: {len(history)} of {protocol.epochs} epochs are saved in {run}; continue with --resume")
-        raise
+    with runs.lock(run, w) as held:
+        start, history = runs.open_run(run, cfg, runs.describe(strategy, protocol, ds, cfg.data), model, opt,
+                                       resume=resume, world=w)
+        if held is not None:
+            held.new_run = not resume
+        step = make_step(model, opt, loss_fn, cfg, device, w)
+        n, end = len(ds.train_y), protocol.epochs if stop_after is None else min(protocol.epochs, start + stop_after)
+        try:
+            with _Progress(cfg, (protocol.epochs - start) * -(-n // cfg.batch_size), progress and w.main) as bar:
+                for epoch in range(start, end):
+                    t0, lr = time.perf_counter(), protocol.lr_at(epoch)
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    batches = epoch_batches(cache, ds, strategy, seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size,
+                                            transform=cfg.transform, mixture=protocol.mixture, rank=w.rank,
+                                            size=w.size, device=device)
+                    t_data = time.perf_counter() - t0
+                    model.train()
+                    loss_sum = torch.zeros((), device=device)
+                    correct = torch.zeros((), device=device, dtype=torch.int64)
+                    for b, (images, labels, targets) in enumerate(batches):
+                        loss, c = step(images, labels, targets)
+                        loss_sum += loss * len(labels)
+                        correct += c
+                        bar.step(epoch, b, len(batches), loss)
+                    totals = distributed.all_reduce_sum(
+                        torch.cat([loss_sum[None].double(), correct[None].double(), batches.quality_sums()]), w)
+                    dt = time.perf_counter() - t0
+                    history.append({"epoch": epoch + 1, "lr": lr, "loss": float(totals[0]) / n,
+                                    "train_acc": float(totals[1]) / n, "seconds": dt, "data_seconds": t_data,
+                                    "images_per_s": n / dt, "mean_ssim": mean_quality(totals[2:])})
+                    _check_finite(history, model, run)  # per epoch, before the save: never a NaN checkpoint
+                    if w.main:
+                        runs.save(run, model, opt, history, cfg)
+        except KeyboardInterrupt:
+            if w.main:
+                print(f"\ninterrupted: {len(history)} of {protocol.epochs} epochs are saved in {run}"
+                      + ("; continue with --resume" if history else " (nothing to resume: a new run is removed)"))
+            raise
     return run
+
+
+def _check_finite(history: list[dict], model: torch.nn.Module, run: Path) -> None:
+    """Stop the run (RunError) when the epoch just trained left a non-finite loss or weights: before its
+    checkpoint, so the last one saved stays the last good one. One host sync for all the weights; every
+    rank sees the same all-reduced loss and the same weights, so every rank stops."""
+    row = history[-1]
+    finite_loss = math.isfinite(row["loss"])
+    if finite_loss and bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+        return
+    history.pop()
+    what = f"the loss is {row['loss']}" if not finite_loss else "the weights hold non-finite values"
+    kept = (f"{run / runs.CHECKPOINT} keeps epoch {history[-1]['epoch']}, the last good one" if history
+            else "no epoch was saved")
+    raise runs.RunError(f"epoch {row['epoch']}: {what}: training stopped (diverged); {kept}")
 
 
 class _Progress:

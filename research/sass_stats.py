@@ -117,7 +117,7 @@ def compile_kernel(mode: dict, config: dict, arch: int):
     kds = kernel_module()
     k = kds.distort_and_score_kernel
     sig = dict(x_ptr="*u8", y_ptr="*u8", out_ptr="*u8", ids_ptr="*i64", blur_taps_ptr="*fp32",
-               win_taps_ptr="*fp32", score_ptr="*fp32", N="i32", H="i32", W="i32", seed="i64",
+               win_taps_ptr="*fp32", score_ptr="*fp32", shift_ptr="*fp32", N="i32", H="i32", W="i32", seed="i64",
                noise_scale="fp32", n_tiles_h="i32", n_tiles_w="i32", c1="fp32", c2="fp32",
                blur_scale="fp32", win_scale="fp32", R="i32", one="i32")
     extra = {k_: v for k_, v in config.items() if k_.isupper()}

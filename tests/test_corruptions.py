@@ -102,7 +102,11 @@ def test_eval_progress_bar_counts_every_set(runs, capsys):
     assert "49/49" in err and "test jpeg_compression-5" in err  # the last refresh: all counted
     evaluate(runs[1], dataset=DS, suite="table2", progress=True)  # 9 distorted sets, 10 tested
     assert "19/19" in capsys.readouterr().err
-    assert main(["eval", str(runs[1]), "--suite", "table2", "--no-progress"]) == 0
+    # the run's own data spec ("synthetic": other images than DS): a one-suite eval would drop the corruption
+    # results measured on DS, so it is refused with a message; --suite all re-evaluates everything, silently
+    assert main(["eval", str(runs[1]), "--suite", "table2", "--no-progress"]) == 2
+    assert "--suite all" in capsys.readouterr().err
+    assert main(["eval", str(runs[1]), "--suite", "all", "--no-progress", "--test-subset", "40"]) == 0
     assert capsys.readouterr().err == ""
 
 

@@ -40,13 +40,13 @@ def test_two_gloo_processes_train_as_one_and_resume(tmp_path, monkeypatch):
     monkeypatch.setenv("IQALS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "ddp"
     _torchrun(tmp_path, str(out), "1", "0")  # interrupted after epoch 1 ...
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
     _torchrun(tmp_path, str(out), "10", "1")  # ... and resumed under torchrun
 
     single = train(TrainConfig(strategy=9, data="synthetic", epochs=3, train_subset=200, seed=1, batch_size=50,
                                out=str(tmp_path / "single")), dataset=synthetic(300, 60), progress=False)
-    a = torch.load(single / "checkpoint.pt", weights_only=False)
-    b = torch.load(out / "checkpoint.pt", weights_only=False)
+    a = torch.load(single / "checkpoint.pt", weights_only=True)
+    b = torch.load(out / "checkpoint.pt", weights_only=True)
     # The same images, batches and schedule; only the gradient's summation order differs (two
     # half-batch means averaged by all_reduce vs one mean), so the weights agree to float rounding.
     for k in a["model"]:
@@ -84,3 +84,14 @@ def test_batch_must_split_evenly_between_processes(tmp_path, monkeypatch):
     cfg = TrainConfig(strategy=1, data="synthetic", epochs=1, train_subset=60, batch_size=50, out=str(tmp_path / "r"))
     with pytest.raises(ValueError, match="--batch-size 50 must be a multiple of the number of processes"):
         train(cfg, dataset=synthetic(100, 20), progress=False)
+
+
+def test_a_last_batch_the_processes_cannot_split_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    """201 images in batches of 100 on 2 processes: one rank's share of the last batch would be empty, its
+    loss NaN, and DDP would average that NaN into every rank's weights. Refused before the process group."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    cfg = TrainConfig(strategy=1, data="synthetic", epochs=1, batch_size=100, out=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match="the last batch holds 1 of the 201 training images, which 2 processes"):
+        train(cfg, dataset=synthetic(201, 20), progress=False)
+    assert not (tmp_path / "r").exists()

@@ -76,3 +76,35 @@ def test_committed_reports_regenerate(iqa, tmp_path):
         assert (tmp_path / f).read_bytes() == (ref / f).read_bytes(), f
     for f in ("figure3.png", "reliability.png", "figure4_ssim.png", "corruptions.png"):
         assert (tmp_path / f).read_bytes()[:4] == b"\x89PNG"
+
+
+def _evaluated(path, strategy=1, seed=0, acc=0.5):
+    import json
+
+    path.mkdir(parents=True)
+    (path / "eval.json").write_text(json.dumps({"strategy": strategy, "seed": seed, "iqa": "ssim", "results": {
+        n: {"accuracy": acc + 0.01 * i} for i, n in enumerate(SET_NAMES)}}))
+    return path
+
+
+def test_table_counts_a_run_given_twice_once(tmp_path, capsys):
+    r = _evaluated(tmp_path / "runs" / "a")
+    once = table([r], out_dir=tmp_path / "once")
+    twice = table([r, tmp_path / "runs" / ".." / "runs" / "a"], out_dir=tmp_path / "twice")
+    assert twice == once and "±" not in twice
+    assert (tmp_path / "twice" / "table2.csv").read_text() == (tmp_path / "once" / "table2.csv").read_text()
+    assert "given again; counted once" in capsys.readouterr().err
+    two_seeds = table([r, _evaluated(tmp_path / "runs" / "b", seed=1, acc=0.6)])
+    assert "55.00 ± 5.00" in two_seeds  # two runs are two seeds
+
+
+@pytest.mark.parametrize("value", ["250", "-1", "100.5", "nan"])
+def test_paper_accuracies_outside_0_100_are_refused_naming_the_file_and_line(tmp_path, value):
+    from iqals_fast.report import load_paper
+
+    paper = tmp_path / "paper.csv"
+    paper.write_text(f"strategy,test_set,accuracy\n1,pristine,80.0\n1,blur1,{value}\n")
+    with pytest.raises(ValueError, match=rf"{paper}:3: accuracy {value} is not a percentage in \[0, 100\]"):
+        load_paper(paper)
+    paper.write_text("strategy,test_set,accuracy\n1,pristine,0\n1,blur1,100\n")
+    assert load_paper(paper) == {(1, "pristine"): 0.0, (1, "blur1"): 100.0}

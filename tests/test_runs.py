@@ -2,9 +2,15 @@
 
 import ast
 import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,4 +142,170 @@ def test_io_is_a_leaf_and_checkpoints_are_read_in_one_place():
     assert not any(isinstance(n, ast.ImportFrom) and n.level > 0 for n in ast.walk(tree))
     loads = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "torch.load(" in p.read_text()}
     pickles = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "pickle.load" in p.read_text()}
-    assert loads == {"runs.py"} and pickles == {"data/sources.py"}
+    assert loads == {"runs.py"} and pickles <= {"data/sources.py"}
+    assert "weights_only=True" in (PACKAGE / "runs.py").read_text() and "weights_only=False" not in "".join(
+        p.read_text() for p in PACKAGE.rglob("*.py"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Trust: a checkpoint runs no code, a damaged file is a RunError naming it, one writer at a time.
+
+
+class _Planted:
+    """Unpickled with ``weights_only=False``, makes the directory ``marker``: the code a checkpoint could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _saved_run(tmp_path, epochs=2, **kw):
+    cfg = TrainConfig(strategy=1, data="synthetic", epochs=epochs, seed=3, **kw)
+    run = tmp_path / "r"
+    _, model, opt = _open(run, cfg)
+    runs.save(run, model, opt, _history(1), cfg)
+    return run, cfg
+
+
+def _damage(ck: Path, how: str, marker: Path) -> None:
+    good = runs.load_checkpoint(ck)
+    if how == "planted":  # torch.save's own format, a payload among the weights
+        torch.save({**good, "model": {"conv1.weight": _Planted(marker)}}, ck)
+    elif how == "planted-raw-pickle":
+        import pickle
+
+        ck.write_bytes(pickle.dumps({"model": _Planted(marker)}))
+    elif how == "truncated":
+        ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
+    elif how == "empty":
+        ck.write_bytes(b"")
+    elif how == "random-bytes":
+        ck.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif how == "wrong-keys":
+        torch.save({"weights": good["model"], "step": 3}, ck)
+    elif how == "not-a-dict":
+        torch.save([good["model"]], ck)
+    elif how == "wrong-shapes":
+        torch.save({**good, "model": {**good["model"], "fc1.weight": torch.zeros(3, 3)}}, ck)
+    elif how == "missing-layer":
+        torch.save({**good, "model": {k: v for k, v in good["model"].items() if k != "fc3.bias"}}, ck)
+    elif how == "nan-weights":
+        torch.save({**good, "model": {**good["model"], "fc2.weight": torch.full((192, 384), float("nan"))}}, ck)
+    else:
+        raise AssertionError(how)
+
+
+DAMAGES = ["planted", "planted-raw-pickle", "truncated", "empty", "random-bytes", "wrong-keys", "not-a-dict",
+           "wrong-shapes", "missing-layer", "nan-weights"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_or_planted_checkpoint_runs_no_code_and_is_a_runerror_naming_it(tmp_path, how):
+    """On --resume, on loading the model (eval, figures) and on reproduce's finished-run check."""
+    run, cfg = _saved_run(tmp_path)
+    ck, marker = run / runs.CHECKPOINT, tmp_path / "planted-code-ran"
+    _damage(ck, how, marker)
+    attempts = {"resume": lambda: _open(run, cfg, resume=True), "load_model": lambda: runs.load_model(run),
+                "finished": lambda: runs.finished(run, 2)}
+    if how in ("wrong-shapes", "missing-layer"):
+        del attempts["finished"]  # a checkpoint is matched against the model only where one is built
+    for name, attempt in attempts.items():
+        with pytest.raises(RunError, match=str(ck).replace(".", r"\.")):
+            attempt()
+        assert not marker.exists(), name
+
+
+def test_what_training_saves_loads_with_weights_only(tmp_path):
+    run, _ = _saved_run(tmp_path)
+    state = torch.load(run / runs.CHECKPOINT, weights_only=True)
+    assert set(state) == {"model", "optimizer", "epoch", "history", "config"} and state["epoch"] == 1
+
+
+@pytest.mark.parametrize("text", ['{"strategy": 1, "seed"', "not json at all", "", "[1, 2, 3]", '{"strategy": 1}',
+                                  b"\xff\xfe\x00garbage"])
+def test_a_damaged_config_json_is_a_runerror_naming_it_on_load_and_on_resume(tmp_path, text):
+    run, cfg = _saved_run(tmp_path)
+    p = run / runs.CONFIG
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    for attempt in (lambda: runs.load_run_config(run), lambda: runs.load_model(run),
+                    lambda: _open(run, cfg, resume=True)):
+        with pytest.raises(RunError, match=str(p).replace(".", r"\.")):
+            attempt()
+
+
+def test_config_and_checkpoint_of_different_runs_are_refused(tmp_path):
+    """What two writers used to leave: config.json of one run, checkpoint.pt of another."""
+    run, cfg = _saved_run(tmp_path)
+    c = runs.load_run_config(run)
+    c["strategy"] = 5
+    (run / runs.CONFIG).write_text(json.dumps(c))
+    with pytest.raises(RunError, match="come from different runs .strategy 5 vs 1"):
+        runs.load_model(run)
+
+
+def test_opening_a_run_removes_the_temp_files_a_killed_write_left(tmp_path):
+    run, cfg = _saved_run(tmp_path)
+    stale = [run / ".checkpoint.pt.k1ll3d_x.tmp", run / ".metrics.jsonl.abc.tmp", run / ".config.json.q.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    other = run / ".eval.json.x.tmp"  # an eval may be writing it now: not training's to remove
+    other.write_bytes(b"")
+    assert _open(run, cfg, resume=True)[0][0] == 1
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from iqals_fast import runs
+    with runs.lock(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(120)
+""")
+
+
+def _train_tiny(run, **kw):
+    from iqals_fast.train import train
+
+    c = TrainConfig(strategy=1, data="synthetic", epochs=1, train_subset=20, batch_size=10, seed=0, out=str(run))
+    return train(c, dataset=DS, progress=False, **kw)
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holders_lock_is_taken_over(tmp_path, capsys,
+                                                                                                monkeypatch):
+    monkeypatch.setenv("IQALS_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match=f"in use by another training process .pid {holder.pid} on "
+                                           f"{socket.gethostname()}"):
+            _train_tiny(run)
+        assert not (run / runs.CONFIG).exists()  # refused before anything was written
+    finally:
+        holder.kill()  # SIGKILL: the holder never removes its lock file
+        holder.wait()
+        holder.stdout.close()
+    assert json.loads((run / runs.LOCK).read_text())["pid"] == holder.pid  # left behind, but no longer held
+    capsys.readouterr()
+    _train_tiny(run)
+    assert f"left by a process that is gone (pid {holder.pid} on" in capsys.readouterr().err
+    assert runs.finished(run, 1) and not (run / runs.LOCK).exists()
+
+
+def test_training_holds_the_lock_for_the_whole_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("IQALS_CACHE", str(tmp_path / "cache"))
+    run, seen = tmp_path / "r", []
+    real = runs.save
+
+    def save(*a, **k):  # while an epoch is saved: the lock is held, by this process, against any other opener
+        seen.append(json.loads((run / runs.LOCK).read_text())["pid"])
+        with pytest.raises(RunError, match="in use by another training process"):
+            with runs.lock(run):
+                pass
+        return real(*a, **k)
+
+    monkeypatch.setattr(runs, "save", save)
+    _train_tiny(run)
+    assert seen == [os.getpid()] and not (run / runs.LOCK).exists()

@@ -1,10 +1,17 @@
 """Training, resume, evaluation, reports and the command line, end to end on small data."""
 
+import errno
 import json
+import os
+import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import iqals_fast.train as training
+from iqals_fast import runs
 from iqals_fast.cli import main
 from iqals_fast.data.sources import synthetic
 from iqals_fast.evaluate import evaluate
@@ -30,10 +37,10 @@ def cfg(tmp_path, name, **kw):
 def test_resume_reaches_the_same_weights(tmp_path):
     full = train(cfg(tmp_path, "full"), dataset=DS, progress=False)
     part = train(cfg(tmp_path, "part"), dataset=DS, progress=False, stop_after=1)
-    assert torch.load(part / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(part / "checkpoint.pt", weights_only=True)["epoch"] == 1
     train(cfg(tmp_path, "part"), dataset=DS, progress=False, resume=True)
-    a = torch.load(full / "checkpoint.pt", weights_only=False)
-    b = torch.load(part / "checkpoint.pt", weights_only=False)
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(part / "checkpoint.pt", weights_only=True)
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
@@ -176,8 +183,8 @@ def test_compiled_training_matches_eager(tmp_path):
     """--compile changes float rounding only: same losses and weights as eager within float tolerance."""
     eager = train(cfg(tmp_path, "eager", epochs=2), dataset=DS, progress=False)
     comp = train(cfg(tmp_path, "comp", epochs=2, compile=True), dataset=DS, progress=False)
-    a = torch.load(eager / "checkpoint.pt", weights_only=False)
-    b = torch.load(comp / "checkpoint.pt", weights_only=False)
+    a = torch.load(eager / "checkpoint.pt", weights_only=True)
+    b = torch.load(comp / "checkpoint.pt", weights_only=True)
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-3, atol=1e-5, msg=k)
     for ra, rb in zip(a["history"], b["history"]):
@@ -197,3 +204,121 @@ def test_bench_command_reports_every_row(tmp_path, monkeypatch, capsys):
     assert res["pipeline"]["n"] == 200 and len(res["pipeline"]["epochs_images_per_s"]) == 2
     printed = capsys.readouterr().out
     assert "full strategy-9 pipeline" in printed and printed == out.with_suffix(".md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------
+# No run silently corrupted: non-finite training, a full disk, changed or moved data on --resume.
+
+
+@pytest.mark.parametrize("what", ["loss", "weights"])
+def test_a_non_finite_loss_or_weights_stop_the_run_keeping_the_last_good_checkpoint(tmp_path, monkeypatch, what):
+    """Epoch 2 of 3 (4 steps an epoch) turns NaN: the run stops there, the checkpoint keeps epoch 1, and
+    metrics.jsonl stays strict JSON (no bare NaN)."""
+    real_make_step, calls = training.make_step, []
+
+    def make_step(model, *a):
+        step = real_make_step(model, *a)
+
+        def poisoned(*b):
+            calls.append(1)
+            loss, correct = step(*b)
+            if what == "loss" and len(calls) == 6:
+                loss = loss * float("nan")
+            if what == "weights" and len(calls) == 8:  # after epoch 2's last step: its loss is finite
+                with torch.no_grad():
+                    model.fc3.weight[0, 0] = float("inf")
+            return loss, correct
+
+        return poisoned
+
+    monkeypatch.setattr(training, "make_step", make_step)
+    c = cfg(tmp_path, "nan", strategy=1, epochs=3)
+    run = c.run_dir()
+    expected = "the loss is nan" if what == "loss" else "the weights hold non-finite values"
+    with pytest.raises(RunError, match=f"epoch 2: {expected}: training stopped .*keeps epoch 1, the last good one"):
+        train(c, dataset=DS, progress=False)
+    state = runs.load_checkpoint(run / "checkpoint.pt")
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1]
+    assert not (run / runs.LOCK).exists()
+
+
+def test_metrics_jsonl_is_strict_json(tmp_path):
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        runs.write_metrics(tmp_path, [{"epoch": 1, "loss": float("nan")}])
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    real, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 2's checkpoint: half written, then the disk is full
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    c = cfg(tmp_path, "full", strategy=1, epochs=2)
+    run = c.run_dir()
+    with pytest.raises(RunError) as e:
+        train(c, dataset=DS, progress=False)
+    msg = str(e.value)
+    assert "epoch 2: the checkpoint could not be written: No space left on device (the disk is full)" in msg
+    assert str(run / "checkpoint.pt") in msg and "still holds epoch 1" in msg
+    assert runs.load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]  # no temp, no lock
+    monkeypatch.setattr(torch, "save", real)
+    train(c, dataset=DS, progress=False, resume=True)  # space freed: --resume finishes it
+    assert runs.load_checkpoint(run / "checkpoint.pt")["epoch"] == 2
+
+
+def _image_folders(root, seed=0):
+    """A 2-class dataset of class folders: 8 train and 4 test PNG images a class, 32 x 32."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", 8), ("test", 4)):
+        for c in ("cat", "dog"):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_resume_compares_the_data_not_the_path_naming_them(tmp_path, monkeypatch):
+    """The same data resume under another path (absolute for relative, a copy); changed images at the
+    same path are refused."""
+    monkeypatch.chdir(tmp_path)
+    _image_folders(tmp_path / "imgs")
+
+    def c(data):
+        return TrainConfig(strategy=1, data=data, epochs=4, batch_size=8, seed=0, out=str(tmp_path / "run"))
+
+    run = train(c("imgs"), progress=False, stop_after=1)
+    train(c(str(tmp_path / "imgs")), progress=False, resume=True, stop_after=1)  # absolute for relative
+    shutil.copytree(tmp_path / "imgs", tmp_path / "copy")
+    train(c(str(tmp_path / "copy")), progress=False, resume=True, stop_after=1)  # a copy
+    assert runs.load_checkpoint(run / "checkpoint.pt")["epoch"] == 3
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "imgs" / "train" / "cat" / "0.png")
+    was = json.loads((run / "config.json").read_text())["dataset"]["checksum"]
+    with pytest.raises(RunError, match=f"the data at imgs differ from the run's .imgs.: checksum [0-9a-f]+ != {was}"):
+        train(c("imgs"), progress=False, resume=True)
+    assert runs.load_checkpoint(run / "checkpoint.pt")["epoch"] == 3
+
+
+@pytest.mark.parametrize("failure", [ValueError("label 12 of image 3 is out of range"), KeyboardInterrupt()])
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_run_directory(tmp_path, monkeypatch, failure):
+    def fail(*a, **k):
+        raise failure
+
+    monkeypatch.setattr(training, "epoch_batches", fail)
+    c = cfg(tmp_path, "deeper/new", strategy=1, epochs=2)
+    with pytest.raises(type(failure)):
+        train(c, dataset=DS, progress=False)
+    assert not (tmp_path / "deeper").exists()
+    existing = tmp_path / "mine"  # a directory the user made is kept, emptied of what the failed run wrote
+    existing.mkdir()
+    with pytest.raises(type(failure)):
+        train(cfg(tmp_path, "mine", strategy=1, epochs=2), dataset=DS, progress=False)
+    assert existing.is_dir() and not list(existing.iterdir())

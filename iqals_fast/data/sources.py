@@ -58,7 +58,11 @@ class Dataset:
         return len(self.classes)
 
     def subset(self, n: int | None, seed: int = 0) -> Dataset:
-        """The first ``n`` training images of a fixed class-balanced shuffle (test set unchanged)."""
+        """The first ``n`` training images of a fixed class-balanced shuffle (test set unchanged). An ``n``
+        above the number of training images is the whole set, said in a note."""
+        if n is not None and n > len(self.train_y):
+            print(f"note: --train-subset {n} is more than the {len(self.train_y)} training images of {self.source}: "
+                  f"training on all {len(self.train_y)}")
         if n is None or n >= len(self.train_y):
             return self
         if n < self.num_classes:
@@ -144,7 +148,9 @@ def load(spec: str | os.PathLike = "cifar10", *, cache: bool = True, decoder: st
     checksum = sha256_file(path) if path.is_file() else _sha256_tree(path)
     cached = _cache_path(checksum, decoder)
     if cache and cached.is_file():
-        return _read_cache(cached, str(path))
+        ds = _read_cache(cached, str(path), checksum)
+        if ds is not None:
+            return ds
     ds = _load_tar(path, checksum, decoder) if path.is_file() else _load_dir(path, checksum, decoder)
     if cache:
         _write_cache(cached, ds)
@@ -162,10 +168,26 @@ def _write_cache(path: Path, ds: Dataset) -> None:
                                                 checksum=np.array(ds.checksum)))
 
 
-def _read_cache(path: Path, source: str) -> Dataset:
-    with np.load(path) as z:
-        return Dataset(z["train_x"], z["train_y"], z["test_x"], z["test_y"], tuple(str(c) for c in z["classes"]),
-                       source, str(z["checksum"]))
+def _read_cache(path: Path, source: str, checksum: str) -> Dataset | None:
+    """The cached dataset, or None (with a note) when the cache file is unreadable (truncated by a full disk
+    or a kill, overwritten, of another format): the caller then decodes the source again and rewrites it."""
+    try:
+        with open(path, "rb") as f, np.load(f) as z:  # allow_pickle=False: no object arrays
+            ds = Dataset(z["train_x"], z["train_y"], z["test_x"], z["test_y"], tuple(str(c) for c in z["classes"]),
+                         source, str(z["checksum"]))
+        # (what the loaders check too: a cache written before a check existed is decoded again, and checked)
+        ok = (ds.checksum == checksum and ds.train_x.dtype == np.uint8 and ds.test_x.dtype == np.uint8
+              and ds.train_x.ndim == 4 and ds.train_x.shape[1:] == ds.test_x.shape[1:]
+              and ds.train_x.shape[1] == ds.train_x.shape[2] and ds.train_x.shape[3] == 3
+              and ds.train_y.shape == ds.train_x.shape[:1] and ds.test_y.shape == ds.test_x.shape[:1]
+              and all(y.size == 0 or (y.min() >= 0 and y.max() < len(ds.classes)) for y in (ds.train_y, ds.test_y)))
+        why = "its contents do not match the source"
+    except Exception as e:  # noqa: BLE001 (whatever is wrong with the file, it is rebuilt)
+        ok, why = False, f"{type(e).__name__}: {e}"
+    if ok:
+        return ds
+    print(f"note: the decoded cache {path} is unreadable ({why}); decoding {source} again and rewriting it")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,26 +217,87 @@ def _load_official(cache: bool) -> Dataset:
 # CIFAR python batches
 
 
+CIFAR_PICKLE_GLOBALS = frozenset({
+    # numpy arrays and their dtypes (numpy 1.x pickles name numpy.core, numpy 2.x numpy._core)
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # pickle protocol 5
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    # how Python pickles plain objects and (protocols 0-2, from Python 3) bytes
+    ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+    ("__builtin__", "object"), ("builtins", "object"), ("_codecs", "encode"),
+})
+"""The only (module, name) globals a CIFAR-10 python batch may name: a dict of bytes keys holding a
+uint8 numpy array and lists of ints and bytes needs nothing else (any pickle protocol, 0-5)."""
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle named a global outside ``CIFAR_PICKLE_GLOBALS``; the message is its ``module.name``."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10's batch format and nothing else: every global the stream names must be in
+    ``CIFAR_PICKLE_GLOBALS``; anything else is refused before it is imported, let alone called."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in CIFAR_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise _Refused(f"{module}.{name}")
+
+
 def _unpickle(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch -> (uint8 N x 32 x 32 x 3, int64 N labels in 0..9); ``name`` is the file.
+
+    The one unpickling of the package, by ``_CifarUnpickler`` (``pickle.load``/``pickle.loads`` would import
+    and call whatever the file names: a crafted batch could run code)."""
     try:
-        # The one unpickling of the package: CIFAR's own format (pickle runs code: trusted input only).
-        d = pickle.loads(raw, encoding="bytes")  # noqa: S301
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
-    except Exception as e:  # noqa: BLE001 (any failure means a corrupt batch)
-        raise DataError(f"{name}: not a readable CIFAR-10 python batch ({e})") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        d = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except _Refused as e:
+        raise DataError(
+            f"{name}: refused to unpickle {e}: a CIFAR-10 python batch holds only numpy arrays, lists, bytes and "
+            "ints, and a pickle naming anything else can run code. The file was not loaded; do not trust it"
+        ) from None
+    except Exception as e:  # noqa: BLE001 (any other failure means a corrupt batch)
+        raise DataError(f"{name}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        keys = sorted(map(repr, d)) if isinstance(d, dict) else type(d).__name__
+        raise DataError(f"{name}: not a CIFAR-10 python batch: expected a dict with b'data' and b'labels', got {keys}")
+    try:
+        data = np.asarray(d[b"data"])
+        labels = np.asarray(d[b"labels"])
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{name}: not a CIFAR-10 python batch ({e})") from None
+    if data.dtype != np.uint8:
+        if data.dtype.kind not in "iu":
+            raise DataError(f"{name}: pixel data has dtype {data.dtype}; CIFAR-10 batches hold uint8 pixels 0..255 "
+                            "(refusing to convert it)")
+        if data.size and (data.min() < 0 or data.max() > 255):
+            raise DataError(f"{name}: pixel values range over [{data.min()}, {data.max()}]; CIFAR-10 pixels are 0..255")
+        data = data.astype(np.uint8)  # integers within 0..255: exact
+    if labels.size == 0:
+        labels = labels.astype(np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
         raise DataError(f"{name}: expected N x 3072 data and N labels, got {data.shape} and {labels.shape}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{name}: labels must be integers, got dtype {labels.dtype}")
+    bad = np.flatnonzero((labels < 0) | (labels >= len(CIFAR10_CLASSES)))
+    if len(bad):
+        raise DataError(f"{name}: label {labels[bad[0]]} (image {bad[0]}) is outside 0..{len(CIFAR10_CLASSES) - 1}; "
+                        f"{len(bad)} of {len(labels)} labels are out of range (CIFAR-10 has {len(CIFAR10_CLASSES)} classes)")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels.astype(np.int64)
 
 
-def _from_batches(files: dict[str, bytes], source: str, checksum: str) -> Dataset:
-    train = [f"data_batch_{i}" for i in range(1, 6)]
-    missing = [n for n in train + ["test_batch"] if n not in files]
+CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+def _from_batches(files: dict[str, tuple[str, bytes]], source: str, checksum: str) -> Dataset:
+    """files: batch name -> (the file's path or archive member, for messages; its bytes)."""
+    train = list(CIFAR_BATCHES[:-1])
+    missing = [n for n in CIFAR_BATCHES if n not in files]
     if missing:
         raise DataError(f"{source}: CIFAR-10 python batches incomplete, missing {missing}")
-    tr = [_unpickle(files[n], f"{source}:{n}") for n in train]
-    te = _unpickle(files["test_batch"], f"{source}:test_batch")
+    tr = [_unpickle(files[n][1], files[n][0]) for n in train]
+    te = _unpickle(files["test_batch"][1], files["test_batch"][0])
     return Dataset(np.concatenate([x for x, _ in tr]), np.concatenate([y for _, y in tr]), te[0], te[1],
                    CIFAR10_CLASSES, source, checksum)
 
@@ -294,9 +377,10 @@ def _from_folders(entries: dict[tuple[str, str], list[tuple[str, bytes]]], sourc
     if len(classes) < 2:
         raise DataError(f"{source}: need at least 2 class folders, found {classes}")
     out = {}
+    first = None  # (name, shape) of the first training image: every image must have its size
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         for s in ("train", "test"):
-            xs, ys = [], []
+            xs, ys, names = [], [], []
             for ci, c in enumerate(classes):
                 files = sorted(entries[(s, c)])
                 if not files:
@@ -305,15 +389,23 @@ def _from_folders(entries: dict[tuple[str, str], list[tuple[str, bytes]]], sourc
                 imgs = _decode_pil(named, pool) if decoder == "pil" else _decode_dali(named, _DALI_DEVICE[decoder])
                 xs.extend(imgs)
                 ys.extend([ci] * len(imgs))
-            shapes = {x.shape for x in xs}
-            if len(shapes) != 1:
-                raise DataError(f"{source}: images of {s}/ differ in size ({sorted(shapes)[:4]}...); all must match")
+                names.extend(n for n, _ in named)
+            if first is None:
+                first = (names[0], xs[0].shape)
+                h, w = first[1][:2]
+                if h != w:
+                    raise DataError(f"{first[0]}: images are {h} x {w} pixels (height x width); the CNN needs square "
+                                    "images: crop or resize them all to N x N")
+            for name, x in zip(names, xs):
+                if x.shape != first[1]:
+                    raise DataError(f"{name} is {x.shape[0]} x {x.shape[1]} pixels, but {first[0]} is "
+                                    f"{first[1][0]} x {first[1][1]}: all images (train/ and test/) must have one size")
             out[s] = (np.stack(xs), np.asarray(ys, np.int64))
     return Dataset(out["train"][0], out["train"][1], out["test"][0], out["test"][1], tuple(classes), source, checksum)
 
 
 def _load_tar(path: Path, checksum: str, decoder: str = "pil") -> Dataset:
-    batches: dict[str, bytes] = {}
+    batches: dict[str, tuple[str, bytes]] = {}
     folders: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -324,8 +416,8 @@ def _load_tar(path: Path, checksum: str, decoder: str = "pil") -> Dataset:
                 if not m.isfile() or not parts:
                     continue
                 name = parts[-1]
-                if name in {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch"}:
-                    batches[name] = tar.extractfile(m).read()
+                if name in CIFAR_BATCHES:
+                    batches[name] = (f"{path}:{m.name}", tar.extractfile(m).read())
                 elif len(parts) >= 3 and parts[-3] in ("train", "test") and name.lower().endswith(IMAGE_EXTS):
                     folders.setdefault((parts[-3], parts[-2]), []).append((name, tar.extractfile(m).read()))
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -341,8 +433,8 @@ def _load_tar(path: Path, checksum: str, decoder: str = "pil") -> Dataset:
 
 
 def _load_dir(root: Path, checksum: str, decoder: str = "pil") -> Dataset:
-    batches = {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file()
-               and p.name in {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch"}}
+    batches = {p.name: (str(p), p.read_bytes()) for p in sorted(root.rglob("*"))
+               if p.name in CIFAR_BATCHES and p.is_file()}
     if batches:
         return _from_batches(batches, str(root), checksum)
     folders: dict[tuple[str, str], list[tuple[str, bytes]]] = {}

@@ -21,9 +21,15 @@ Stages, per image and channel, on the 0..255 scale (the kernel's comments number
    scheme of ``iqals_fast.ops.noise``, Philox integers identical on every backend.
 5. Round: clip to [0, 255], round half to even (``(v + 1.5 * 2**23) - 1.5 * 2**23`` in float32, exact
    for 0 <= v < 2**22), store uint8.
-6. SSIM: the moments ``B M B^T`` of x - 127.5 and y - 127.5 (the shift leaves (co)variances unchanged
-   and shrinks float32 cancellation); the formula needs only vx + vy, so four moments: E[x], E[y],
-   E[x^2 + y^2], E[xy]; Wang et al.'s formula with C1, C2 and a masked sum over valid positions.
+6. SSIM: the moments ``B M B^T`` of x - s_x and y - s_y, with shifts constant per image and channel
+   (the (co)variances do not change): s_x = floor((min + max) / 2) of the pristine image's channel,
+   s_y the same of the distorted image when it is given (score only), else s_x; the launcher computes
+   them (``midpoints``). float32's E[x^2] - E[x]^2 leaves a residue of a few ulps of E[x^2] that C2
+   amplifies where a window is flat (the constant shift 127.5 of before missed skimage by 2e-4 on flat
+   image pairs); the midpoint keeps |x - s_x| <= 128 and makes a flat channel exactly 0: no residue.
+   Outside the image a tile reads the shift (0 once shifted; no pixel inside reads it). The formula
+   needs only vx + vy, so four moments: E[x], E[y], E[x^2 + y^2], E[xy]; Wang et al.'s formula with C1,
+   C2 and a masked sum over valid positions.
 7. The image's SSIM (one tile) or the tile's share of its sum.
 
 Dots (``Config.dot``), all float32-accurate: ``"fp16"`` splits each float32 operand as hi + lo in fp16
@@ -153,7 +159,7 @@ def _dot_xm(x, m_hi, m_lo, inv_scale, one, DOT: tl.constexpr, X_EXACT: tl.conste
 
 @triton.jit
 def _dot_mx(m_hi, m_lo, inv_scale, x, one, DOT: tl.constexpr, ISOLATE: tl.constexpr):
-    """m @ x for a constant matrix m given as its split, x any float32 (|x| < 2**15 for fp16)."""
+    """m @ x for a constant matrix m given as its split, x any float32 (|x| < 65504, fp16's largest, for fp16)."""
     acc = tl.zeros((m_hi.shape[0], x.shape[1]), dtype=tl.float32)
     if DOT == 2:
         acc = _mma(m_hi, x, acc, one, DOT, ISOLATE)
@@ -205,8 +211,11 @@ def _window(f, br_hi, br_lo, bct_hi, bct_lo, inv_scale, one, DOT: tl.constexpr, 
 def _moments(xs, ys, br_hi, br_lo, bct_hi, bct_lo, inv_scale, one, DOT: tl.constexpr, ISOLATE: tl.constexpr,
              STACK: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr):
     """The windowed E[x], E[y], E[x^2 + y^2], E[xy] of the shifted planes (the formula needs vx + vy
-    only, and windowing is linear: one moment of xs^2 + ys^2, quarter integers below 2**15, still exact
-    as fp16 hi + lo). STACK: all four in two products (research/triton-tuning.md, "Stacked moments")."""
+    only, and windowing is linear: one moment of xs^2 + ys^2). The shifted planes are integers, exact in
+    fp16: |xs| <= 128 and |ys| <= 255 (the fused mode shifts y by x's shift), and xs^2 + ys^2 <= 65026
+    (at most 1 + 255^2: the two are far apart only where x's range is narrow), inside fp16's range and
+    exact as fp16 hi + lo. STACK: all four in two products (research/triton-tuning.md, "Stacked
+    moments")."""
     if STACK:
         f4 = tl.join(tl.join(xs, ys), tl.join(xs * xs + ys * ys, xs * ys))  # PH x PW x 2 x 2
         f = tl.reshape(tl.permute(f4, (0, 3, 2, 1)), (PH, 4 * PW))  # [xs | ys | ss | xy]
@@ -233,7 +242,7 @@ def _moments(xs, ys, br_hi, br_lo, bct_hi, bct_lo, inv_scale, one, DOT: tl.const
 
 @triton.jit(do_not_specialize=["N", "H", "W", "seed", "noise_scale", "n_tiles_h", "n_tiles_w", "R", "one"])
 def distort_and_score_kernel(
-    x_ptr, y_ptr, out_ptr, ids_ptr, blur_taps_ptr, win_taps_ptr, score_ptr,
+    x_ptr, y_ptr, out_ptr, ids_ptr, blur_taps_ptr, win_taps_ptr, score_ptr, shift_ptr,
     N, H, W, seed, noise_scale, n_tiles_h, n_tiles_w, c1, c2, blur_scale, win_scale, R, one,
     BLUR: tl.constexpr, NOISE: tl.constexpr, SCORE: tl.constexpr, READ_Y: tl.constexpr, WIN: tl.constexpr,
     PDH: tl.constexpr, PDW: tl.constexpr, PIH: tl.constexpr, PIW: tl.constexpr,
@@ -291,13 +300,21 @@ def distort_and_score_kernel(
             key = (seed.to(tl.uint64) << 32) | tl.load(ids_ptr + n).to(tl.uint64)
         total = 0.0
         for c in range(3):
+            if SCORE:
+                # the SSIM shifts of this channel (Stage 6), integers: what a tile reads outside the image
+                sx8 = tl.load(shift_ptr + n * 6 + c)
+                sy8 = tl.load(shift_ptr + n * 6 + 3 + c)
             if READ_Y:
                 # -- score only: the distorted image comes from elsewhere (JPEG)
-                d = tl.load(y_ptr + base + pix_d + c, mask=d_in, other=0).to(tl.float32)
-                xd = tl.load(x_ptr + base + pix_d + c, mask=d_in, other=0).to(tl.float32)
+                d = tl.load(y_ptr + base + pix_d + c, mask=d_in, other=sy8).to(tl.float32)
+                xd = tl.load(x_ptr + base + pix_d + c, mask=d_in, other=sx8).to(tl.float32)
             else:
-                # -- Stage 2: read the pristine tile once (uint8 -> float32 0..255, zero outside)
-                x = tl.load(x_ptr + base + pix_i + c, mask=i_in, other=0).to(tl.float32)
+                # -- Stage 2: read the pristine tile once (uint8 -> float32 0..255; outside the image, which
+                #    no pixel inside reads, 0 or the SSIM shift)
+                if SCORE:
+                    x = tl.load(x_ptr + base + pix_i + c, mask=i_in, other=sx8).to(tl.float32)
+                else:
+                    x = tl.load(x_ptr + base + pix_i + c, mask=i_in, other=0).to(tl.float32)
                 # -- Stage 3: blur = A_r X A_c^T (x is integer-valued: exact in fp16 and TF32)
                 if BLUR:
                     t = _dot_xm(x, a_ct_hi, a_ct_lo, inv_blur, one, DOT, True, ISOLATE)  # PIH x PDW
@@ -315,17 +332,20 @@ def distort_and_score_kernel(
                     if SAME_TILE:
                         xd = x
                     else:
-                        xd = tl.load(x_ptr + base + pix_d + c, mask=d_in, other=0).to(tl.float32)
+                        xd = tl.load(x_ptr + base + pix_d + c, mask=d_in, other=sx8).to(tl.float32)
             if SCORE:
-                # -- Stage 6: the five windowed moments of the shifted planes, then the SSIM map
-                xs = xd - 127.5
-                ys = d - 127.5
+                # -- Stage 6: the planes shifted by the image's per-channel shifts (integers; xs = 0 outside
+                #    the image, |ys| <= 255 there), the five windowed moments, then the SSIM map
+                sx = sx8.to(tl.float32)
+                sy = sy8.to(tl.float32)
+                xs = xd - sx
+                ys = d - sy
                 mx, my, mss, mxy = _moments(xs, ys, b_r_hi, b_r_lo, b_ct_hi, b_ct_lo, inv_win, one, DOT, ISOLATE,
                                             STACK, PDH, PDW)
                 vsum = mss - mx * mx - my * my  # vx + vy
                 vxy = mxy - mx * my
-                ux = mx + 127.5
-                uy = my + 127.5
+                ux = mx + sx
+                uy = my + sy
                 s = ((2.0 * ux * uy + c1) * (2.0 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vsum + c2))
                 total += tl.sum(tl.sum(tl.where(m_ok, s, 0.0), axis=1), axis=0)
         # -- Stage 7: the image's SSIM (single tile) or this tile's share of its sum
@@ -424,6 +444,12 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def midpoints(images: torch.Tensor) -> torch.Tensor:
+    """The SSIM shifts: floor((min + max) / 2) of each image's channels, uint8 N x 3."""
+    lo, hi = torch.aminmax(images.reshape(images.shape[0], -1, 3), dim=1)
+    return ((lo.to(torch.int16) + hi.to(torch.int16)) // 2).to(torch.uint8)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -475,11 +501,14 @@ def distort_and_score(images: torch.Tensor, blur_taps: tuple[float, ...] | None,
     y = distorted.contiguous() if read_y else x
     if read_y and (y.shape != x.shape or y.dtype != torch.uint8 or y.device != dev):
         raise ValueError("distorted must be a uint8 tensor of the same shape and device as images")
-    scores = None
+    scores = shifts = None
     if score:
         scores = torch.empty((n,) if n_tiles == 1 else (n, n_tiles), dtype=torch.float32, device=dev)
     if n == 0:
         return (None if read_y else out), (torch.empty(0, dtype=torch.float32, device=dev) if score else None)
+    if score:
+        sx = midpoints(x)
+        shifts = torch.stack([sx, midpoints(y) if read_y else sx], dim=1).contiguous()  # N x 2 x 3
     if dev.type == "cuda":
         nprog = max(1, min(n, triton.cdiv(_sm_count(dev) * cfg.programs_per_sm, n_tiles)))
     else:  # the Triton interpreter: a few programs, so the batch loop runs too
@@ -491,7 +520,7 @@ def distort_and_score(images: torch.Tensor, blur_taps: tuple[float, ...] | None,
     blur_scale = _f16_scale(tuple(blur_taps)) if f16 and blur else 1.0
     win_scale = _f16_scale(tuple(ssim_taps)) if f16 and score else 1.0
     distort_and_score_kernel[(nprog, n_tiles)](
-        x, y, out, ids_t, blur_t, win_taps, scores if score else blur_t,
+        x, y, out, ids_t, blur_t, win_taps, scores if score else blur_t, shifts if score else blur_t,
         n, h, w, int(seed), 255.0 * float(noise_std) if noise else 0.0, nth, ntw,
         float(c1), float(c2), blur_scale, win_scale, radius, 1,
         BLUR=blur, NOISE=noise, SCORE=score, READ_Y=read_y, WIN=win,

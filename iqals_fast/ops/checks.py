@@ -163,11 +163,15 @@ def labels_scores(labels, scores, num_classes):
 
 
 def logits(x) -> None:
+    """A 2-D floating-point tensor of at least one row: the loss is a mean over the batch, and the mean
+    of an empty batch (NaN, with a gradient) is no loss."""
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.ndim != 2:
         raise ValueError(
             "logits must be a 2-D floating-point torch tensor (batch x classes), got "
             f"{type(x).__name__} {getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}"
         )
+    if x.shape[0] == 0:
+        raise ValueError(f"logits hold an empty batch (shape {tuple(x.shape)}): the loss is a mean over at least one image")
 
 
 # -- LRN ---------------------------------------------------------------------------------------

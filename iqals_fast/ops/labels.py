@@ -54,12 +54,16 @@ def apply_transform(scores: torch.Tensor, transform: str, num_classes: int) -> t
 
 
 def soft_labels(labels, scores, num_classes: int = 10, transform: str = "identity"):
-    """Eq. 2: N x K float32 soft labels (numpy in, numpy out; torch in, torch out)."""
+    """Eq. 2: N x K float32 soft labels.
+
+    A numpy array for numpy labels and numpy (or list) scores; otherwise a torch tensor on the scores'
+    device (the labels are moved there), differentiable with respect to torch scores that require grad.
+    """
     lab, sc = checks.labels_scores(labels, scores, num_classes)
     t = apply_transform(sc.to(torch.float32), transform, num_classes)
     q = ((1.0 - t) / (num_classes - 1))[:, None].repeat(1, num_classes)
-    q.scatter_(1, lab[:, None].long().to(q.device), t[:, None])
-    return q.numpy() if isinstance(labels, np.ndarray) else q
+    q = q.scatter(1, lab[:, None].long().to(q.device), t[:, None])
+    return q.numpy() if isinstance(labels, np.ndarray) and not isinstance(scores, torch.Tensor) else q
 
 
 def soft_label_mse(logits: torch.Tensor, labels, scores, transform: str = "identity", backend: str = "auto"):

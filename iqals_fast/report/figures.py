@@ -13,7 +13,7 @@ from ..data.sources import load
 from ..evaluate import predict
 from ..metrics import ECE_BINS, SSIM_BINS, ece_from_bins
 from ..ops.api import distort
-from ..runs import load_model, load_run_config
+from ..runs import data_spec, load_model, load_run_config
 from .tables import DISTORTED, SET_NAMES, aggregate, load_evals
 
 
@@ -83,7 +83,7 @@ def figure4(runs, out: Path, *, data: str | None = None, device: str = "cpu", da
     for r in runs:  # one run per strategy (the first given) is enough for a per-image figure
         by_strategy.setdefault(load_run_config(r)["strategy"], r)
     cfg0 = load_run_config(runs[0])
-    ds = dataset if dataset is not None else load(data or cfg0["data"])
+    ds = dataset if dataset is not None else load(data or data_spec(cfg0))
     picks = [int(np.flatnonzero(ds.test_y == c)[0]) for c in FIG4_CLASSES if (ds.test_y == c).any()]
     imgs, ys = ds.test_x[picks], ds.test_y[picks]
     series = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,17 +30,33 @@ DISTORTED = SET_NAMES[1:]
 
 
 def load_evals(runs) -> list[dict]:
-    out = []
+    """The eval.json of each run, each run once: a directory given twice (under any path) is one run, not two
+    seeds (a note on stderr says so), and two directories of the same strategy, seed and measure get a note."""
+    out, seen, same = [], {}, {}
     for r in runs:
         p = Path(r) / EVAL
         if not p.is_file():
             raise FileNotFoundError(f"{r}: no {EVAL}; run `iqals-fast eval {r}` first")
-        out.append(json.loads(p.read_text()))
+        key = p.resolve()
+        if key in seen:
+            print(f"note: {r} is {seen[key]} given again; counted once", file=sys.stderr)
+            continue
+        seen[key] = r
+        try:
+            e = json.loads(p.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{p} is not valid JSON ({err}): evaluate the run again") from None
+        run_id = (e.get("strategy"), e.get("seed"), e.get("iqa", "ssim"))
+        if run_id in same:
+            print(f"note: {same[run_id]} and {r} are both strategy {run_id[0]}, seed {run_id[1]} ({run_id[2]}): "
+                  "each counts as a seed", file=sys.stderr)
+        same.setdefault(run_id, r)
+        out.append(e)
     return out
 
 
 def load_paper(path) -> dict[tuple[int, str], float]:
-    """Paper numbers from a CSV with columns strategy,test_set,accuracy (percent)."""
+    """Paper numbers from a CSV with columns strategy,test_set,accuracy (percent, in [0, 100])."""
     table = {}
     with open(path, newline="") as f:
         for i, row in enumerate(csv.DictReader(f), start=2):
@@ -49,6 +66,8 @@ def load_paper(path) -> dict[tuple[int, str], float]:
                 raise ValueError(f"{path}:{i}: need columns strategy,test_set,accuracy, got {row}") from None
             if s not in STRATEGIES or t not in SET_NAMES:
                 raise ValueError(f"{path}:{i}: unknown strategy {s} or test set {t!r} (known: {list(SET_NAMES)})")
+            if not 0 <= a <= 100:  # (a NaN fails too)
+                raise ValueError(f"{path}:{i}: accuracy {row['accuracy']} is not a percentage in [0, 100]")
             table[(s, t)] = a
     return table
 

@@ -126,6 +126,23 @@ def test_benchmark_candidates_are_valid_configurations():
     assert kds.DEFAULT == kds.Config()
 
 
+@pytest.mark.parametrize("hw", [(11, 16), (32, 32), (33, 47)])
+def test_scoring_changes_no_byte(gen, triton_device, hw):
+    """Scoring shifts each plane by its SSIM shift and reads the shift outside the image (Stage 6): the
+    distorted bytes are those of the distortion alone, bit for bit, single tiles and tiles with halos.
+    (On CUDA each geometry compiles anew: 32 x 32 only.)"""
+    if triton_device.type == "cuda" and hw != (32, 32):
+        pytest.skip("Triton on CUDA: this geometry compiles anew")
+    x = torch.from_numpy(gen(3, *hw, seed=5)).to(triton_device)
+    x[0, : hw[0] // 2] = 255  # a flat, saturated half: the shift is no longer the constant 127.5
+    ids = torch.tensor([7, 8, 9], device=triton_device)
+    for sigma, var in ((1.0, None), (None, 0.02), (1.2, 0.01)):
+        out, s = launch(x, sigma, var, 99, ids, True)
+        alone, none = launch(x, sigma, var, 99, ids, False)
+        assert none is None and torch.equal(out, alone)
+        torch.testing.assert_close(s.cpu(), reference.ssim(x, out).cpu(), rtol=0, atol=1e-5)
+
+
 def test_launcher_rejects_bad_input(triton_device):
     x = torch.zeros(1, 16, 16, 3, dtype=torch.uint8, device=triton_device)
     with pytest.raises(ValueError, match="uint8"):

@@ -98,6 +98,29 @@ def test_bad_label_input_is_named(call, msg):
         call()
 
 
+def test_soft_labels_of_numpy_labels_and_torch_scores_requiring_grad(device):
+    """Mixed inputs give a tensor on the scores' device through which the gradient reaches the scores
+    (numpy labels turned a tensor requiring grad into a traceback: ``.numpy()`` of it)."""
+    s = torch.tensor([0.8, 0.5], device=device, requires_grad=True)
+    q = iq.soft_labels(np.array([2, 0]), s, num_classes=5)
+    assert isinstance(q, torch.Tensor) and q.device == s.device and q.dtype == torch.float32 and q.requires_grad
+    torch.testing.assert_close(q.detach().cpu(), torch.tensor([[0.05, 0.05, 0.8, 0.05, 0.05],
+                                                               [0.5, 0.125, 0.125, 0.125, 0.125]]))
+    q[:, 0].sum().backward()  # d q[0, 0] / d s0 = -1 / (K - 1) (off the true class), d q[1, 0] / d s1 = 1
+    torch.testing.assert_close(s.grad.cpu(), torch.tensor([-0.25, 1.0]))
+    q2 = iq.soft_labels(np.array([2, 0]), s.detach(), num_classes=5)  # no grad: still a tensor like the scores
+    assert isinstance(q2, torch.Tensor) and q2.device == s.device
+    assert isinstance(iq.soft_labels(np.array([2, 0]), [0.8, 0.5], num_classes=5), np.ndarray)  # numpy stays numpy
+
+
+def test_loss_of_an_empty_batch_is_refused_with_its_shape(backend, device):
+    """The mean over no image was a NaN carrying a gradient; every backend refuses it at the public entry."""
+    z = torch.zeros(0, 10, device=device, requires_grad=True)
+    y, s = torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, device=device)
+    with pytest.raises(ValueError, match=r"logits hold an empty batch \(shape \(0, 10\)\)"):
+        iq.soft_label_mse(z, y, s, backend=backend)
+
+
 def test_strategies_as_data():
     assert sorted(iq.STRATEGIES) == list(range(1, 10))
     assert iq.STRATEGIES[1].kinds == () and not iq.STRATEGIES[1].iqa_ls
