@@ -230,11 +230,16 @@ py::array_t<float> ssim(const py::object& reference, const py::object& distorted
     return scores;
 }
 
-// float32, 4-D, C-contiguous: N x C x H x W, or N x H x W x C for channels_last (a channels_last
-// tensor's .permute(0, 2, 3, 1).numpy() view).
-py::array check_nchw(const py::object& o, const char* name) {
+// float32 (with bf16, uint16: bfloat16 bits, numpy having no bfloat16; a bfloat16 tensor's
+// .view(torch.uint16).numpy()), 4-D, C-contiguous: N x C x H x W, or N x H x W x C for channels_last
+// (a channels_last tensor's .permute(0, 2, 3, 1).numpy() view).
+py::array check_nchw(const py::object& o, const char* name, bool bf16) {
     py::array a = as_ndarray(o, name);
-    if (a.dtype().kind() != 'f' || a.dtype().itemsize() != 4) {
+    if (bf16 && (a.dtype().kind() != 'u' || a.dtype().itemsize() != 2)) {
+        throw py::type_error(std::string(name) + " must have dtype uint16 (the bits of bfloat16 values) with bf16=True, "
+                             "got " + dtype_of(a));
+    }
+    if (!bf16 && (a.dtype().kind() != 'f' || a.dtype().itemsize() != 4)) {
         throw py::type_error(std::string(name) + " must have dtype float32, got " + dtype_of(a));
     }
     if (a.ndim() != 4) throw py::value_error(std::string(name) + " must be 4-D (N x C x H x W, or N x H x W x C), got " + shape_of(a));
@@ -266,30 +271,41 @@ LrnShape lrn_shape(const py::array& a, bool channels_last) {
     return {a.shape(0), a.shape(1), a.shape(2) * a.shape(3)};
 }
 
-py::array_t<float> lrn_forward(const py::object& x_arg, const py::object& radius, const py::object& bias,
-                               const py::object& alpha, const py::object& beta, bool channels_last,
-                               const py::object& threads_arg, const std::string& isa) {
+// An uninitialised C-contiguous array of x's shape and dtype (the kernels write every element).
+py::array empty_like(const py::array& x) {
+    return py::array(x.dtype(), std::vector<py::ssize_t>{x.shape(0), x.shape(1), x.shape(2), x.shape(3)});
+}
+
+py::array lrn_forward(const py::object& x_arg, const py::object& radius, const py::object& bias,
+                      const py::object& alpha, const py::object& beta, bool channels_last, bool bf16,
+                      const py::object& threads_arg, const std::string& isa) {
     const iqals::Kernels& k = kernels(isa);
-    const py::array x = check_nchw(x_arg, "x");
+    const py::array x = check_nchw(x_arg, "x", bf16);
     const iqals::Lrn p = lrn_params(radius, bias, alpha, beta);
     const int threads = check_threads(threads_arg);
     const LrnShape sh = lrn_shape(x, channels_last);
-    py::array_t<float> y({x.shape(0), x.shape(1), x.shape(2), x.shape(3)});
-    const float* xp = static_cast<const float*>(x.data());
-    float* yp = y.mutable_data();
+    py::array y = empty_like(x);
+    const void* xp = x.data();
+    void* yp = y.mutable_data();
     {
         py::gil_scoped_release release;
-        k.lrn_forward(xp, sh.n, sh.c, sh.plane, p, yp, threads, channels_last);
+        if (bf16) {
+            k.lrn_forward_bf16(static_cast<const iqals::Bf16*>(xp), sh.n, sh.c, sh.plane, p,
+                               static_cast<iqals::Bf16*>(yp), threads, channels_last);
+        } else {
+            k.lrn_forward(static_cast<const float*>(xp), sh.n, sh.c, sh.plane, p, static_cast<float*>(yp), threads,
+                          channels_last);
+        }
     }
     return y;
 }
 
-py::array_t<float> lrn_backward(const py::object& x_arg, const py::object& dy_arg, const py::object& radius,
-                                const py::object& bias, const py::object& alpha, const py::object& beta,
-                                bool channels_last, const py::object& threads_arg, const std::string& isa) {
+py::array lrn_backward(const py::object& x_arg, const py::object& dy_arg, const py::object& radius,
+                       const py::object& bias, const py::object& alpha, const py::object& beta, bool channels_last,
+                       bool bf16, const py::object& threads_arg, const std::string& isa) {
     const iqals::Kernels& k = kernels(isa);
-    const py::array x = check_nchw(x_arg, "x");
-    const py::array dy = check_nchw(dy_arg, "dy");
+    const py::array x = check_nchw(x_arg, "x", bf16);
+    const py::array dy = check_nchw(dy_arg, "dy", bf16);
     for (py::ssize_t d = 0; d < 4; ++d) {
         if (x.shape(d) != dy.shape(d)) {
             throw py::value_error("x and dy must have the same shape, got " + shape_of(x) + " and " + shape_of(dy));
@@ -298,13 +314,18 @@ py::array_t<float> lrn_backward(const py::object& x_arg, const py::object& dy_ar
     const iqals::Lrn p = lrn_params(radius, bias, alpha, beta);
     const int threads = check_threads(threads_arg);
     const LrnShape sh = lrn_shape(x, channels_last);
-    py::array_t<float> dx({x.shape(0), x.shape(1), x.shape(2), x.shape(3)});
-    const float* xp = static_cast<const float*>(x.data());
-    const float* dyp = static_cast<const float*>(dy.data());
-    float* dxp = dx.mutable_data();
+    py::array dx = empty_like(x);
+    const void *xp = x.data(), *dyp = dy.data();
+    void* dxp = dx.mutable_data();
     {
         py::gil_scoped_release release;
-        k.lrn_backward(xp, dyp, sh.n, sh.c, sh.plane, p, dxp, threads, channels_last);
+        if (bf16) {
+            k.lrn_backward_bf16(static_cast<const iqals::Bf16*>(xp), static_cast<const iqals::Bf16*>(dyp), sh.n, sh.c,
+                                sh.plane, p, static_cast<iqals::Bf16*>(dxp), threads, channels_last);
+        } else {
+            k.lrn_backward(static_cast<const float*>(xp), static_cast<const float*>(dyp), sh.n, sh.c, sh.plane, p,
+                           static_cast<float*>(dxp), threads, channels_last);
+        }
     }
     return dx;
 }
@@ -349,14 +370,15 @@ PYBIND11_MODULE(_C, m) {
           py::arg("c2"), py::arg("threads") = 0, py::arg("isa") = "best",
           "Per-image SSIM (float32 (N,)) of C-contiguous uint8 N x H x W x 3 images, H, W >= len(taps).");
     m.def("lrn_forward", &lrn_forward, py::arg("x"), py::kw_only(), py::arg("radius"), py::arg("bias"),
-          py::arg("alpha"), py::arg("beta"), py::arg("channels_last") = false, py::arg("threads") = 0,
-          py::arg("isa") = "best",
+          py::arg("alpha"), py::arg("beta"), py::arg("channels_last") = false, py::arg("bf16") = false,
+          py::arg("threads") = 0, py::arg("isa") = "best",
           "TensorFlow's LRN across channels of C-contiguous float32 N x C x H x W (N x H x W x C with\n"
-          "channels_last): y = x / (bias + alpha * sum_{|j-c|<=radius} x_j^2) ** beta.");
+          "channels_last): y = x / (bias + alpha * sum_{|j-c|<=radius} x_j^2) ** beta. With bf16, x and y\n"
+          "are uint16 arrays of bfloat16 bits, computed in float32 and rounded to nearest even.");
     m.def("lrn_backward", &lrn_backward, py::arg("x"), py::arg("dy"), py::kw_only(), py::arg("radius"),
           py::arg("bias"), py::arg("alpha"), py::arg("beta"), py::arg("channels_last") = false,
-          py::arg("threads") = 0, py::arg("isa") = "best",
-          "The gradient of lrn_forward with respect to x, for upstream gradient dy (same shape as x).");
+          py::arg("bf16") = false, py::arg("threads") = 0, py::arg("isa") = "best",
+          "The gradient of lrn_forward with respect to x, for upstream gradient dy (same shape and dtype as x).");
     m.def("philox", &philox, py::arg("counters"), py::arg("id"), py::arg("seed"), py::arg("isa") = "best",
           "Test hook: words 0 and 1 of Philox4x32-10 of counters (c, 0, 0, 0), key (id, seed).");
     m.def("normals", &normals, py::arg("seed"), py::arg("id"), py::arg("first"), py::arg("count"),

@@ -9,7 +9,8 @@ namespace iqals {
 namespace IQALS_ISA {
 
 extern const Kernels kernels = {IQALS_STR(IQALS_ISA), &distort_and_score, &ssim,    &lrn_forward,
-                                &lrn_backward,        &philox,            &normals};
+                                &lrn_backward,        &lrn_forward_bf16,  &lrn_backward_bf16,
+                                &philox,              &normals};
 
 }  // namespace IQALS_ISA
 }  // namespace iqals

@@ -1,6 +1,6 @@
 // The CPU kernels of iqals-fast on raw pointers, as one table per instruction set:
 //   distort_and_score, ssim   csrc/distort_and_score.cpp  (ops distort_and_score, ssim)
-//   lrn_forward, lrn_backward csrc/lrn.cpp                (op lrn)
+//   lrn_forward, lrn_backward csrc/lrn.cpp                (op lrn; also _bf16, bfloat16 in and out)
 //   philox, normals           csrc/distort_and_score.cpp  (test hooks on the noise scheme, philox.h)
 // Images are uint8 N x H x W x 3, C-contiguous. The value rules (sizes, parameters, seeds, ids) are
 // checked in Python (iqals_fast/ops/checks.py), what protects memory in bindings.cpp, before these
@@ -50,6 +50,9 @@ struct Lrn {
     float beta = 0.f;
 };
 
+// A bfloat16 value as its bits: the upper 16 bits of the float32 it stands for (torch.bfloat16's layout).
+using Bf16 = uint16_t;
+
 // The kernels of one instruction set. The kernel files are compiled once per instruction set
 // (CMakeLists.txt), each copy in its own namespace iqals::<isa>, where kernels.cpp gathers them into
 // one Kernels table; isa.cpp picks the best one this CPU runs. All tables compute the same bits.
@@ -71,6 +74,12 @@ struct Kernels {
                         bool channels_last);
     void (*lrn_backward)(const float* x, const float* dy, int64_t n, int64_t c, int64_t plane, const Lrn& lrn,
                          float* dx, int threads, bool channels_last);
+    // The same on bfloat16 x, dy, y, dx (what bf16 autocast hands the LRN): read as float32, computed in
+    // float32 as above, written rounded to nearest even, so = the bfloat16 rounding of the float32 result.
+    void (*lrn_forward_bf16)(const Bf16* x, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, Bf16* y,
+                             int threads, bool channels_last);
+    void (*lrn_backward_bf16)(const Bf16* x, const Bf16* dy, int64_t n, int64_t c, int64_t plane, const Lrn& lrn,
+                              Bf16* dx, int threads, bool channels_last);
 
     // Test hooks on the noise scheme: Philox words of arbitrary counters, and the normals of
     // `count` consecutive offsets starting at `first`, for one (id, seed).
@@ -91,6 +100,10 @@ void lrn_forward(const float* x, int64_t n, int64_t c, int64_t plane, const Lrn&
                  bool channels_last);
 void lrn_backward(const float* x, const float* dy, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, float* dx,
                   int threads, bool channels_last);
+void lrn_forward_bf16(const Bf16* x, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, Bf16* y, int threads,
+                      bool channels_last);
+void lrn_backward_bf16(const Bf16* x, const Bf16* dy, int64_t n, int64_t c, int64_t plane, const Lrn& lrn, Bf16* dx,
+                       int threads, bool channels_last);
 void philox(const uint32_t* counters, int64_t count, uint32_t id, uint32_t seed, uint32_t* w0, uint32_t* w1);
 void normals(uint32_t first, int64_t count, uint32_t id, uint32_t seed, float* z);
 extern const Kernels kernels;

@@ -23,6 +23,7 @@ Distortions of the test set are fixed: blur and JPEG are deterministic and the n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._alloc import keep_freed_memory
 from ._io import save_json
 from .config import (
     CORRUPTION_SETS,
@@ -42,13 +44,22 @@ from .config import (
     SEVERITIES,
     SUITES,
     TEST_NOISE_SEED,
+    TEST_SET_NAMES,
     TEST_SETS,
     test_set_name,
 )
-from .data.mixture import DistortionCache
 from .data.sources import Dataset, load, sha256_file
+from .inference import (  # noqa: F401  (predict, predict_log_probs: public here too)
+    EVAL_BATCH,
+    MIN_ROWS,
+    amp_dtype,
+    check_batch,
+    check_precision,
+    default_eval_precision,
+    predict,
+    predict_log_probs,
+)
 from .metrics import classification_metrics, spearman
-from .model import standardize
 from .ops.api import distort_and_score
 from .runs import CHECKPOINT, EVAL, RunError, check_device, data_spec, load_trained, versions
 
@@ -58,16 +69,51 @@ calibration metrics on every set and the corruptions suite (since then also ``n_
 ``checkpoint``: what a later evaluation of one suite checks before it keeps the other's results)."""
 
 
-def test_sets(ds: Dataset, backend: str = "auto", bar=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (uint8 images, SSIM scores) for the ten test sets (``bar``: a tqdm bar, one step a set)."""
-    cache = DistortionCache(ds.test_x, backend=backend)
-    idx = np.arange(len(ds.test_y))
-    out = {"pristine": (ds.test_x, np.ones(len(idx), np.float32))}
-    for kind, lvl in TEST_SETS[1:]:
-        _named(bar, f"distort {test_set_name(kind, lvl)}")
-        out[test_set_name(kind, lvl)] = cache.get(kind, lvl, idx, TEST_NOISE_SEED)
+def test_sets(ds: Dataset, backend: str = "auto", bar=None, memo: dict | None = None
+              ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (uint8 images, SSIM scores) for the ten test sets (``bar``: a tqdm bar, one step a set;
+    ``memo``: see :func:`distorted`)."""
+    out = {"pristine": (ds.test_x, np.ones(len(ds.test_y), np.float32))}
+    for name in TEST_SET_NAMES[1:]:
+        _named(bar, f"distort {name}")
+        out[name] = distorted(ds.test_x, *SET_SPECS[name], backend, memo)
         _done(bar)
     return out
+
+
+def corruption_sets(ds: Dataset, backend: str = "auto", bar=None, memo: dict | None = None
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``"<corruption>-<severity>"`` -> (uint8 images, SSIM scores) for the CIFAR-10-C severities."""
+    out = {}
+    for name in CORRUPTION_SETS:
+        _named(bar, f"distort {name}")
+        out[name] = distorted(ds.test_x, *SET_SPECS[name], backend, memo)
+        _done(bar)
+    return out
+
+
+SET_SPECS: dict[str, tuple[str, object]] = {
+    "pristine": ("pristine", None),
+    **{test_set_name(k, lvl): (k, LEVELS.param(k, lvl)) for k, lvl in TEST_SETS[1:]},
+    **{f"{c}-{sev}": (k, p) for c, (k, ps) in CORRUPTIONS.items() for sev, p in zip(SEVERITIES, ps)},
+}
+"""Every test set's (kind, parameter). Equal specs are the same images: CIFAR-10-C's blur 0.7 and 1.0 and
+noise 0.01 are Table 2's blur1, blur2 and noise2."""
+
+
+def distorted(images: np.ndarray, kind: str, param, backend: str = "auto", memo: dict | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` (the test images) distorted by ``kind`` at ``param``, and their SSIM scores. Noise is keyed
+    by ``TEST_NOISE_SEED`` and each image's index; blur and JPEG are deterministic. ``memo``: a dict the
+    caller keeps for these same images; a set asked for again with it is not recomputed."""
+    key = (kind, param, backend)
+    if memo is not None and key in memo:
+        return memo[key]
+    ids = np.arange(len(images), dtype=np.int64)
+    res = distort_and_score(images, kind, param=param, seed=TEST_NOISE_SEED, ids=ids, backend=backend)
+    if memo is not None:
+        memo[key] = res
+    return res
 
 
 def _named(bar, what: str) -> None:
@@ -81,48 +127,29 @@ def _done(bar) -> None:
         bar.update(1)
 
 
-def corruption_sets(ds: Dataset, backend: str = "auto", bar=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``"<corruption>-<severity>"`` -> (uint8 images, SSIM scores) for the CIFAR-10-C severities."""
-    ids = np.arange(len(ds.test_y), dtype=np.int64)
-    out = {}
-    for name, (kind, params) in CORRUPTIONS.items():
-        for sev, p in zip(SEVERITIES, params):
-            _named(bar, f"distort {name}-{sev}")
-            out[f"{name}-{sev}"] = distort_and_score(ds.test_x, kind, param=p, seed=TEST_NOISE_SEED, ids=ids,
-                                                     backend=backend)
-            _done(bar)
-    return out
-
-
-@torch.no_grad()
-def predict_log_probs(model, images: np.ndarray, device, batch: int = 1000) -> np.ndarray:
-    """Log-softmax outputs, float64 N x K (computed in float32)."""
-    out = []
-    for i in range(0, len(images), batch):
-        x = torch.from_numpy(images[i:i + batch]).to(device)
-        out.append(torch.log_softmax(model(standardize(x)).float(), 1).cpu())
-    return torch.cat(out).double().numpy() if out else np.zeros((0, 0))
-
-
-def predict(model, images: np.ndarray, device, batch: int = 1000) -> np.ndarray:
-    """Softmax probabilities, float32 N x K."""
-    return np.exp(predict_log_probs(model, images, device, batch)).astype(np.float32)
-
-
-def _suite(model, sets, labels, device, memo: dict, bar=None) -> tuple[dict, dict]:
+def _suite(model, sets, labels, device, memo: dict, bar=None, *, batch: int, precision: str,
+           timing: dict) -> tuple[dict, dict]:
     results, pool_conf, pool_ssim = {}, [], []
     for name, (x, s) in sets.items():
         _named(bar, f"test {name}")
-        # some sets hold the same images (CIFAR-10-C blur 0.7 and 1.0, noise 0.01 are Table 2's blur1, blur2, noise2)
-        key = hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16).hexdigest()
+        key = SET_SPECS.get(name, name)  # sets of one spec are the same images: predicted once
+        t = time.perf_counter()
         if key not in memo:
-            memo[key] = predict_log_probs(model, x, device)
+            memo[key] = predict_log_probs(model, x, device, batch, precision)
         lp = memo[key]
+        t1 = time.perf_counter()
         results[name] = classification_metrics(lp, labels, s)
         pool_conf.append(np.exp(lp[np.arange(len(labels)), labels]))
         pool_ssim.append(np.asarray(s, np.float64))
+        timing["predict"] += t1 - t
+        timing["metrics"] += time.perf_counter() - t1
         _done(bar)
     return results, {"conf": np.concatenate(pool_conf), "ssim": np.concatenate(pool_ssim)}
+
+
+def _content_key(x: np.ndarray) -> tuple:
+    """What identifies test images: their shape and a hash of their bytes."""
+    return x.shape, hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16).hexdigest()
 
 
 def _rho(pool) -> float | None:
@@ -157,12 +184,14 @@ def _n_test(e: dict) -> int | None:
     return e.get("n_test", e.get("results", {}).get("pristine", {}).get("n"))
 
 
-def _why_not_mergeable(old: dict, ds: Dataset, checkpoint: dict) -> str | None:
+def _why_not_mergeable(old: dict, ds: Dataset, checkpoint: dict, precision: str) -> str | None:
     """Why the sections of an earlier eval.json cannot stand beside a new evaluation's (None: they can):
     another layout, other test images (checksum and number: the same data under another path are the same),
-    another checkpoint."""
+    another checkpoint, another precision (an eval.json without one was measured in fp32)."""
     if old.get("eval_version", 1) < EVAL_VERSION:
         return "in an older layout"
+    if old.get("precision", "fp32") != precision:
+        return f"in {old.get('precision', 'fp32')} (now {precision})"
     if old.get("test_checksum") != ds.checksum or _n_test(old) != len(ds.test_y):
         return (f"on other test data ({old.get('test_data')}: checksum {str(old.get('test_checksum'))[:16]}, "
                 f"{_n_test(old)} images; now {ds.checksum[:16]}, {len(ds.test_y)} images)")
@@ -188,7 +217,8 @@ def check_compatible(ds: Dataset, cfg: dict, run: Path) -> None:
 
 def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend: str = "auto",
              dataset: Dataset | None = None, sets=None, corruptions=None, test_subset: int | None = None,
-             suite: str = DEFAULT_SUITE, progress: bool = False) -> dict:
+             suite: str = DEFAULT_SUITE, progress: bool = False, precision: str | None = None,
+             batch: int = EVAL_BATCH, memo: dict | None = None) -> dict:
     """Test a trained run on ``suite``'s test sets; writes ``RUN/eval.json`` atomically.
 
     ``suite``: ``table2``, ``corruptions`` or ``all``. Evaluating one suite keeps the other's results
@@ -200,12 +230,20 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
     ``data``: the test data (default: the run's training data, by the path config.json records, resolved
     when the run was trained). ``test_subset`` keeps a class-balanced N of the
     test images (Table 2 proper uses the whole test set). ``sets`` / ``corruptions`` pass
-    precomputed test sets (name -> (images, SSIM)), to share them between runs. ``progress``: a bar
-    over the sets distorted and tested (on stderr).
+    precomputed test sets (name -> (images, SSIM)), to share them between runs; or ``memo``: a dict kept
+    between calls, in which the test sets this call distorts are kept for the next on the same test images.
+    ``progress``: a bar over the sets distorted and tested (on stderr). ``precision``: ``fp32`` (exact), ``bf16``
+    (the network under bf16 autocast: faster on CPU, not the same predictions) or ``checked`` (bf16, with
+    the close calls redone in fp32: fp32's predictions and accuracies, inference.CHECK_MARGIN); None: ``checked``
+    on a CPU with native bf16, else ``fp32`` (inference.default_eval_precision); ``batch``: images
+    a forward pass (fp32 outputs do not depend on it). eval.json records both, and the seconds spent
+    distorting, predicting and on the metrics (``timing``).
     """
     if suite not in SUITES:
         raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
-    check_device(device)
+    precision = check_precision(default_eval_precision(check_device(device)) if precision is None else precision)
+    check_batch(batch)
+    keep_freed_memory()  # the batches' buffers reused, not mapped and faulted in again (iqals_fast/_alloc.py)
     run = Path(run)
     t0 = time.perf_counter()
     sha = sha256_file(run / CHECKPOINT) if (run / CHECKPOINT).is_file() else None
@@ -219,7 +257,7 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
     if ds.checksum != cfg["dataset"]["checksum"]:
         print(f"note: evaluating on {ds.source}, not the training data's source {cfg['dataset']['source']}")
     old = (_read_eval(run) or {}) if suite != "all" else {}
-    why = _why_not_mergeable(old, ds, checkpoint) if old else None
+    why = _why_not_mergeable(old, ds, checkpoint, precision) if old else None
     if why:  # (a corruptions-only evaluation then recomputes Table 2's sets too: nothing is lost)
         if suite == "table2" and old.get("corruptions"):
             raise RunError(f"{run / EVAL} holds corruptions results measured {why}; --suite table2 would replace it "
@@ -228,23 +266,30 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
     out = {"run": str(run), "strategy": cfg["strategy"], "strategy_name": cfg["strategy_name"],
            "seed": cfg["seed"], "iqa": cfg.get("iqa", "ssim"), "eval_version": EVAL_VERSION, "test_data": ds.source,
            "test_checksum": ds.checksum, "n_test": int(len(ds.test_y)), "checkpoint": checkpoint,
-           "test_noise_seed": TEST_NOISE_SEED,
+           "test_noise_seed": TEST_NOISE_SEED, "precision": precision, "batch": batch,
            "levels": {k: list(getattr(LEVELS, k)) for k in KINDS},
            "corruption_params": {c: {"kind": k, "params": list(p)} for c, (k, p) in CORRUPTIONS.items()},
            "results": old.get("results", {}), "corruptions": old.get("corruptions", {}),
            "pooled": dict(old.get("pooled", {}))}
-    pools, memo = {}, {}
+    pools, predicted, timing = {}, {}, {"distort": 0.0, "predict": 0.0, "metrics": 0.0}
+    images = {} if memo is None else memo.setdefault(_content_key(ds.test_x), {})
     do_table2 = suite in ("table2", "all") or not out["results"]
     do_corr = suite in ("corruptions", "all")
     steps = (do_table2 * (len(TEST_SETS) + (len(TEST_SETS) - 1) * (sets is None))
              + do_corr * (len(CORRUPTION_SETS) * (1 + (corruptions is None))))
     with tqdm(total=steps, desc=f"eval {run.name}", unit="set", disable=not progress, dynamic_ncols=True) as bar:
+        run_suite = functools.partial(_suite, model, labels=ds.test_y, device=device, memo=predicted, bar=bar,
+                                      batch=batch, precision=precision, timing=timing)
         if do_table2:
-            s = sets if sets is not None else test_sets(ds, backend, bar)
-            out["results"], pools["table2"] = _suite(model, s, ds.test_y, device, memo, bar)
+            t = time.perf_counter()
+            s = sets if sets is not None else test_sets(ds, backend, bar, images)
+            timing["distort"] += time.perf_counter() - t
+            out["results"], pools["table2"] = run_suite(s)
         if do_corr:
-            c = corruptions if corruptions is not None else corruption_sets(ds, backend, bar)
-            out["corruptions"], pools["corruptions"] = _suite(model, c, ds.test_y, device, memo, bar)
+            t = time.perf_counter()
+            c = corruptions if corruptions is not None else corruption_sets(ds, backend, bar, images)
+            timing["distort"] += time.perf_counter() - t
+            out["corruptions"], pools["corruptions"] = run_suite(c)
     for k, pool in pools.items():
         out["pooled"][k] = {"spearman_true_conf_ssim": _rho(pool), "n": int(len(pool["conf"]))}
     if len(pools) == 2:
@@ -252,5 +297,6 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
         out["pooled"]["all"] = {"spearman_true_conf_ssim": _rho(both), "n": int(len(both["conf"]))}
     out["versions"] = versions()
     out["seconds"] = time.perf_counter() - t0
+    out["timing"] = timing
     save_json(run / EVAL, out)
     return out

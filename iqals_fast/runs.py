@@ -2,11 +2,18 @@
 
     RUN/config.json     the options, the strategy's name, the protocol, the dataset, the versions
     RUN/checkpoint.pt   model + optimizer state, epochs done, history, options (written atomically)
+    RUN/stage1.pt       the weights at the end of the first lr stage (epoch ``lr_step_epochs``), when the
+                        protocol has a second stage: what a fine-tuned IQA-LS run starts from
     RUN/metrics.jsonl   one line per epoch (loss, accuracy, seconds, mean quality per level)
     RUN/eval.json       what ``iqals-fast eval`` measured (evaluate.py owns its layout)
     RUN/.lock           while a training process writes the run: its pid and host (:func:`lock`)
 
-Every read of a checkpoint goes through :func:`load_checkpoint` (the one ``torch.load`` of the
+A fine-tuned run (``TrainConfig.finetune_from``: the same-seed 0-1 label counterpart of an IQA-LS
+strategy, same protocol and data, checked by :func:`check_finetune_source`) is a run of its own: it
+starts from the source's stage1.pt at epoch ``lr_step_epochs`` and holds the metrics and checkpoints
+of the epochs after it only.
+
+Every read of a checkpoint (and of stage1.pt) goes through :func:`load_checkpoint` (the one ``torch.load`` of the
 package, ``weights_only=True``: a checkpoint holds tensors, numbers, strings, lists and dicts, so
 loading one runs no code), every read of config.json through :func:`load_run_config`; both check
 what they read and name the file in their error. Every write goes through ``_io``'s atomic writes.
@@ -32,6 +39,7 @@ import torch
 
 from . import distributed
 from ._io import atomic_write_bytes, save_json, save_text
+from .config import STRATEGIES, STRATEGY_PAIRS, Protocol
 from .data.sources import Dataset
 from .distributed import World
 from .model import PaperCNN
@@ -41,7 +49,10 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 LOCK = ".lock"
+STAGE1 = "stage1.pt"
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "config")
+SNAPSHOT_KEYS = ("model", "epoch", "config")
+"""What stage1.pt holds: the weights alone (plain SGD keeps no optimizer state), the epoch and the options."""
 CONFIG_KEYS = {"strategy": int, "data": str, "epochs": int, "seed": int, "strategy_name": str, "dataset": dict}
 """What config.json must hold (and of which type) for a run to be resumed, evaluated or reported."""
 NAMED_DATA = ("synthetic", "cifar10")
@@ -96,10 +107,10 @@ def resolve_data(spec) -> str:
     return s if s in NAMED_DATA else str(Path(s).expanduser().resolve())
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
+def load_checkpoint(path: Path, map_location="cpu", keys=CHECKPOINT_KEYS) -> dict:
     """A checkpoint's state, loaded with ``weights_only=True`` (no code runs) and checked: a dict with the keys
-    ``CHECKPOINT_KEYS`` and finite weights. Anything else (a file that would run code to load, a truncated,
-    empty or foreign file) is a RunError naming ``path``."""
+    ``keys`` (``CHECKPOINT_KEYS``; ``SNAPSHOT_KEYS`` for stage1.pt) and finite weights. Anything else (a file that
+    would run code to load, a truncated, empty or foreign file) is a RunError naming ``path``."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -109,14 +120,15 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise RunError(f"{path}: no such checkpoint") from None
     except Exception as e:  # noqa: BLE001 (whatever the file is, it is not a checkpoint this package can use)
         raise RunError(f"{path} is not a readable checkpoint ({_why(e)}); nothing in it was run") from None
-    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+    if not isinstance(state, dict) or any(k not in state for k in keys):
         got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
-        raise RunError(f"{path} is not a checkpoint of this package: expected the keys {list(CHECKPOINT_KEYS)}, got {got}")
+        raise RunError(f"{path} is not a checkpoint of this package: expected the keys {list(keys)}, got {got}")
     model, epoch = state["model"], state["epoch"]
+    types = {"optimizer": dict, "history": list, "config": dict}
     if not (isinstance(model, dict) and all(isinstance(v, torch.Tensor) for v in model.values())
-            and isinstance(state["optimizer"], dict) and isinstance(epoch, int) and not isinstance(epoch, bool)
-            and epoch >= 0 and isinstance(state["history"], list) and isinstance(state["config"], dict)):
-        raise RunError(f"{path} is not a checkpoint of this package: its model, optimizer, epoch, history or config "
+            and isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0
+            and all(isinstance(state[k], t) for k, t in types.items() if k in keys)):
+        raise RunError(f"{path} is not a checkpoint of this package: its {', '.join(keys)} "
                        "has the wrong type")
     bad = [k for k, v in model.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
@@ -193,7 +205,10 @@ def open_run(run: Path, cfg, description: dict, model: torch.nn.Module, opt: tor
              world: World) -> tuple[int, list[dict]]:
     """Open ``run`` for training with the options ``cfg`` (a TrainConfig): ``(epochs done, history)``.
 
-    A new run: writes config.json (the options, ``description``, the versions) and returns ``(0, [])``.
+    A new run: writes config.json (the options, ``description``, the versions) and returns ``(0, [])``; a new
+    fine-tuned run (``cfg.finetune_from``) loads the source's stage1.pt into ``model`` (the optimizer starts
+    fresh: plain SGD has no state) and returns ``(its epoch, [])``, refusing a source that is not its
+    counterpart (:func:`check_finetune_source`).
     ``resume``: restores ``model`` and ``opt`` from the checkpoint and returns its epochs and history.
     Refuses (RunError) to overwrite a run without ``resume``, to resume without a checkpoint, from a damaged
     config.json or checkpoint, on other data (``dataset.checksum``; the same data under another path is
@@ -202,25 +217,25 @@ def open_run(run: Path, cfg, description: dict, model: torch.nn.Module, opt: tor
     torchrun rank 0 alone reads and writes the directory; every rank gets its verdict and state.
     (Training holds :func:`lock` around this and the epochs.)"""
     run = Path(run)
-    state, error = None, None
+    state, path, error = None, None, None
     if world.main:
         try:
-            state = _open(run, cfg, description, resume)
+            state, path = _open(run, cfg, description, resume)
             if state is not None:
-                restore(run / CHECKPOINT, state, model, opt)
+                restore(path, state, model, opt if path.name == CHECKPOINT else None)
         except RunError as e:
             error = str(e)
-    state, error = distributed.broadcast((state, error), world)
+    state, path, error = distributed.broadcast((state, path, error), world)
     if error:
         raise RunError(error)
     if state is None:
         return 0, []
     if not world.main:
-        restore(run / CHECKPOINT, state, model, opt)
+        restore(path, state, model, opt if path.name == CHECKPOINT else None)
     return state["epoch"], state["history"]
 
 
-def _open(run: Path, cfg, description: dict, resume: bool) -> dict | None:
+def _open(run: Path, cfg, description: dict, resume: bool) -> tuple[dict | None, Path | None]:
     ckpt_path = run / CHECKPOINT
     if run.exists() and not run.is_dir():
         raise RunError(f"--out {run} is a file, not a run directory")
@@ -242,13 +257,63 @@ def _open(run: Path, cfg, description: dict, resume: bool) -> dict | None:
         if was != now:
             raise RunError(f"--resume: the data at {cfg.data} differ from the run's ({config['data']}): "
                            f"checksum {now} != {was}")
-        return state
+        return state, ckpt_path
+    source, extra = None, {}
+    if cfg.finetune_from:
+        source, snap = check_finetune_source(cfg, description)
+        extra = {"finetune_source": {"run": str(source.parent.resolve()), "snapshot": STAGE1, "epoch": snap["epoch"]}}
     run.mkdir(parents=True, exist_ok=True)
-    save_json(run / CONFIG, {**asdict(cfg), **description, "versions": versions()})
-    return None
+    save_json(run / CONFIG, {**asdict(cfg), **description, "versions": versions(), **extra})
+    if source is None:
+        return None, None
+    return {"model": snap["model"], "epoch": snap["epoch"], "history": []}, source
 
 
-TEMP_OF = (CHECKPOINT, METRICS, CONFIG)
+def stage1_end(protocol: Protocol) -> int | None:
+    """The epochs done at the end of the first lr stage (``lr_step_epochs``), or None when the run has one stage."""
+    return protocol.lr_step_epochs if protocol.lr_step_epochs < protocol.epochs else None
+
+
+def check_finetune_source(cfg, description: dict) -> tuple[Path, dict]:
+    """The stage-1 snapshot a fine-tuned run ``cfg`` starts from: ``(RUN/stage1.pt, its state)``. A RunError
+    naming the run or file unless ``cfg.finetune_from`` is the 0-1 label counterpart of ``cfg.strategy``
+    (``config.STRATEGY_PAIRS``) with the same seed, protocol (``description["protocol"]``) and data (checksum),
+    the protocol has a second lr stage, and the run's stage1.pt holds that stage's end."""
+    src, s = Path(cfg.finetune_from), cfg.strategy
+    zo = next((a for a, b in STRATEGY_PAIRS.values() if b == s), None)
+    if zo is None:
+        raise RunError(f"--finetune-from: strategy {s} ({STRATEGIES[s].name}) is not an IQA-LS strategy; fine-tuning "
+                       "starts an IQA-LS strategy (" + ", ".join(str(b) for _, b in STRATEGY_PAIRS.values())
+                       + ") from its 0-1 label run (" + ", ".join(str(a) for a, _ in STRATEGY_PAIRS.values()) + ")")
+    src_cfg = load_run_config(src)
+    if src_cfg["strategy"] != zo or src_cfg["seed"] != cfg.seed:
+        raise RunError(f"--finetune-from {src} is strategy {src_cfg['strategy']} seed {src_cfg['seed']}: strategy {s} "
+                       f"seed {cfg.seed} fine-tunes strategy {zo} ({STRATEGIES[zo].name}) of the same seed")
+    want = json.loads(json.dumps(description["protocol"]))
+    diff = sorted(k for k in want if src_cfg.get("protocol", {}).get(k) != want[k])
+    if diff:
+        raise RunError(f"--finetune-from {src} was trained with another protocol ("
+                       + ", ".join(f"{k} {src_cfg.get('protocol', {}).get(k)!r} vs {want[k]!r}" for k in diff) + ")")
+    if src_cfg["dataset"]["checksum"] != description["dataset"]["checksum"]:
+        raise RunError(f"--finetune-from {src} was trained on other data (checksum {src_cfg['dataset']['checksum']} "
+                       f"!= {description['dataset']['checksum']})")
+    end = stage1_end(Protocol(**{**want, "mixture": tuple(want["mixture"])}))
+    if end is None:
+        raise RunError(f"--finetune-from: the protocol has a single lr stage ({want['epochs']} epochs, lr step every "
+                       f"{want['lr_step_epochs']}): there is no stage after the first to fine-tune in")
+    snap = src / STAGE1
+    if not snap.is_file():
+        raise RunError(f"--finetune-from {src}: no {STAGE1} (its weights at epoch {end}, the end of the first lr "
+                       "stage): it has not reached that epoch, or was trained before stage-1 snapshots were saved")
+    state = load_checkpoint(snap, keys=SNAPSHOT_KEYS)
+    got = (state["epoch"], state["config"].get("strategy"), state["config"].get("seed"))
+    if got != (end, zo, cfg.seed):
+        raise RunError(f"{snap} holds epoch {got[0]} of strategy {got[1]} seed {got[2]}, not epoch {end} of strategy "
+                       f"{zo} seed {cfg.seed}: it is not this run's stage-1 snapshot")
+    return snap, state
+
+
+TEMP_OF = (CHECKPOINT, METRICS, CONFIG, STAGE1)
 """The files training writes atomically: an interrupted write leaves ``.NAME.*.tmp`` (``_io.atomic_write_bytes``)."""
 
 
@@ -262,11 +327,20 @@ def remove_stale_temp_files(run: Path) -> list[Path]:
 
 
 def save(run: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, history: list[dict], cfg) -> None:
-    """After an epoch: the checkpoint (model, optimizer, epochs done, history, options), then metrics.jsonl.
-    A failed write (a full disk, say) is a RunError naming the file; the previous checkpoint stays whole."""
+    """After an epoch: at the end of the first lr stage (``stage1_end``) stage1.pt first, then the checkpoint
+    (model, optimizer, epochs done, history, options), then metrics.jsonl. A failed write (a full disk, say) is
+    a RunError naming the file; the previous checkpoint stays whole. (stage1.pt before the checkpoint: a run
+    killed between the two redoes the epoch and writes it again.)"""
     run = Path(run)
     epoch = history[-1]["epoch"]
-    kept = (f"{run / CHECKPOINT} still holds epoch {epoch - 1}" if epoch > 1 else "nothing was saved")
+    kept = (f"{run / CHECKPOINT} still holds epoch {history[-2]['epoch']}" if len(history) > 1 else "nothing was saved")
+    if epoch == stage1_end(cfg.protocol()):
+        try:
+            atomic_write_bytes(run / STAGE1, lambda f: torch.save(
+                {"model": model.state_dict(), "epoch": epoch, "config": asdict(cfg)}, f))
+        except OSError as e:
+            raise RunError(f"epoch {epoch}: {run / STAGE1} could not be written: {os_error_message(e)}; {kept} (free "
+                           "space, then continue with --resume)") from None
     try:
         save_checkpoint(run, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                               "history": history, "config": asdict(cfg)})
@@ -358,7 +432,7 @@ class _Lock:
             return
         try:
             if failed and self.new_run and not (self.run / CHECKPOINT).exists():
-                for name in (CONFIG, METRICS):  # a new run that saved no epoch: leave no half-made directory
+                for name in (CONFIG, METRICS, STAGE1):  # a new run that saved no epoch: leave no half-made directory
                     (self.run / name).unlink(missing_ok=True)
             self.path.unlink(missing_ok=True)  # while still held: a waiting opener sees another inode and retries
         finally:

@@ -9,12 +9,17 @@ import pytest
 from iqals_fast import config
 from iqals_fast.config import KINDS, PRISTINE_STRATEGY, PROTOCOLS, STRATEGIES, STRATEGY_PAIRS, TEST_SET_NAMES
 from iqals_fast.report import (
+    PAPER_TABLE,
     SET_NAMES,
     calibration_table,
+    claim_quantities,
+    claims,
     corruption_table,
     extended_reports,
     figure3,
     load_evals,
+    load_paper,
+    paper_aggregate,
     table,
     write_report,
 )
@@ -39,7 +44,8 @@ def test_strategy_pairs_are_derived_from_the_strategies():
 
 @committed
 def test_committed_tables_regenerate_byte_identical(tmp_path):
-    """`iqals-fast table results/runs/strategy{1..9}-seed{0,1} --out DIR` = the committed results/ files."""
+    """`iqals-fast table results/runs/strategy{1..9}-seed{0,1} --out DIR` = the committed results/ files (the paper's
+    numbers beside ours, as by default)."""
     table(RUNS, out_dir=tmp_path)
     evals = load_evals(RUNS)
     corruption_table(evals, tmp_path)
@@ -69,21 +75,28 @@ def test_committed_reports_regenerate(iqa, tmp_path):
     figure3(runs, tmp_path)
     assert len(extended_reports(runs, tmp_path)) == 5
     report = write_report(tmp_path, PROTOCOLS["small"], runs, ds, (0, 1), wall=60.0, command="iqals-fast reproduce",
-                          iqa=iqa, ssim_runs=ssim_runs if iqa != "ssim" else ())
+                          iqa=iqa, ssim_runs=ssim_runs if iqa != "ssim" else (), paper=load_paper())
     assert _after_header(report.read_text()) == _after_header((ref / "report.md").read_text())
-    names = ["table2.csv", "corruptions.csv", "calibration.csv", "calibration.md"]
+    names = ["table2.csv", "table2.md", "corruptions.csv", "calibration.csv", "calibration.md"]
     for f in names + (["measures.md", "measures.csv"] if iqa != "ssim" else []):
         assert (tmp_path / f).read_bytes() == (ref / f).read_bytes(), f
     for f in ("figure3.png", "reliability.png", "figure4_ssim.png", "corruptions.png"):
         assert (tmp_path / f).read_bytes()[:4] == b"\x89PNG"
 
 
-def _evaluated(path, strategy=1, seed=0, acc=0.5):
+def _evaluated(path, strategy=1, seed=0, acc=0.5, accs=None, finetune_from=None):
+    """A run directory with an eval.json (accuracy ``acc + 0.01 i`` on the i-th set, or ``accs``: set -> percent) and,
+    with ``finetune_from``, a config.json that says it was fine-tuned."""
     import json
 
     path.mkdir(parents=True)
+    accs = accs or {n: 100 * (acc + 0.01 * i) for i, n in enumerate(SET_NAMES)}
     (path / "eval.json").write_text(json.dumps({"strategy": strategy, "seed": seed, "iqa": "ssim", "results": {
-        n: {"accuracy": acc + 0.01 * i} for i, n in enumerate(SET_NAMES)}}))
+        n: {"accuracy": accs[n] / 100, "n": 10_000} for n in SET_NAMES}}))
+    if finetune_from:
+        (path / "config.json").write_text(json.dumps({
+            "strategy": strategy, "data": "synthetic", "epochs": 3, "seed": seed, "strategy_name": "x",
+            "dataset": {"checksum": "c", "classes": []}, "finetune_from": finetune_from}))
     return path
 
 
@@ -108,3 +121,78 @@ def test_paper_accuracies_outside_0_100_are_refused_naming_the_file_and_line(tmp
         load_paper(paper)
     paper.write_text("strategy,test_set,accuracy\n1,pristine,0\n1,blur1,100\n")
     assert load_paper(paper) == {(1, "pristine"): 0.0, (1, "blur1"): 100.0}
+
+
+SHARED_PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "table2.csv"
+
+
+def test_the_papers_table_2_ships_with_the_package():
+    """All nine strategies on the ten sets, read through importlib.resources; the same as the project's copy of
+    the paper's figures where that is here; spot values as printed in the paper."""
+    import importlib.resources
+
+    import iqals_fast.report
+
+    paper = load_paper()
+    assert set(paper) == {(s, n) for s in STRATEGIES for n in SET_NAMES}
+    assert paper[(1, "pristine")] == 79.4 and paper[(9, "jpeg3")] == 58.5 and paper[(5, "pristine")] == 80.7
+    assert (importlib.resources.files(iqals_fast.report) / PAPER_TABLE).is_file()
+    if SHARED_PAPER.is_file():
+        assert load_paper(SHARED_PAPER) == paper
+
+
+def test_table_shows_the_paper_beside_ours_by_default(tmp_path):
+    r = _evaluated(tmp_path / "a", strategy=3, acc=0.5)
+    md = table([r], out_dir=tmp_path / "t")
+    assert "| 3 | MIX_blur + IQA-LS | 50.00 (79.80, -29.80) | 51.00 (78.20, -27.20) |" in md
+    assert "its Table 2, shipped with iqals_fast" in md
+    assert "3,MIX_blur + IQA-LS,pristine,50.0,0.0,1,79.8,-29.8,0" in (tmp_path / "t" / "table2.csv").read_text()
+    bare = table([r], show_paper=False)
+    assert "| 3 | MIX_blur + IQA-LS | 50.00 | 51.00 |" in bare and "paper" not in bare
+    other = tmp_path / "other.csv"
+    other.write_text("strategy,test_set,accuracy\n3,pristine,40\n")
+    assert "50.00 (40.00, +10.00) | 51.00 |" in table([r], paper_csv=other) and "from other.csv" in table([r], other)
+
+
+def test_cli_table_paper_options(tmp_path, capsys):
+    from iqals_fast.cli import main
+
+    r = _evaluated(tmp_path / "a", strategy=1)
+    assert main(["table", str(r)]) == 0 and "50.00 (79.40, -29.40)" in capsys.readouterr().out
+    assert main(["table", str(r), "--no-paper"]) == 0 and "79.40" not in capsys.readouterr().out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("strategy,test_set,accuracy\n1,pristine,101\n")
+    assert main(["table", str(r), "--paper", str(bad)]) == 2
+    assert f"{bad}:2: accuracy 101 is not a percentage" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["table", str(r), "--paper", str(bad), "--no-paper"])
+
+
+def test_finetuned_runs_are_rows_of_their_own(tmp_path):
+    scratch = _evaluated(tmp_path / "s3", strategy=3, acc=0.5)
+    tuned = _evaluated(tmp_path / "s3ft", strategy=3, acc=0.6, finetune_from=str(tmp_path / "s2"))
+    md = table([scratch, tuned], show_paper=False)
+    assert "| 3 | MIX_blur + IQA-LS | 50.00 | 51.00 |" in md  # not averaged with the fine-tuned run
+    assert "| 3 ft | MIX_blur + IQA-LS, fine-tuned from 2 | 60.00 | 61.00 |" in md and "Rows `N ft`" in md
+
+
+def test_claims_on_the_papers_numbers_and_ours():
+    """The paper's column is computed from its Table 2 (hand-checked values); a run set equal to the paper's numbers
+    agrees with it in every row; fine-tuned rows replace the from-scratch IQA-LS runs."""
+    paper = load_paper()
+    q = {(k, c, n): v for k, c, n, v in claim_quantities(paper_aggregate(paper))}
+    assert q[("blur", "IQA-LS beats 0-1 labels", "MIX_blur + IQA-LS − MIX_blur, pristine")] == pytest.approx(1.7)
+    assert q[("all3", "mixing costs on pristine", "MIX_all3 − Pristine, pristine")] == pytest.approx(76.7 - 79.4)
+    assert q[("jpeg", "mixing helps on them", "MIX_JPEG − Pristine, mean of the jpeg sets")] == pytest.approx(
+        (71.0 + 68.7 + 60.7 - 60.0 - 52.9 - 39.1) / 3)
+    evals = [{"strategy": s, "seed": 0, "results": {n: {"accuracy": paper[(s, n)] / 100} for n in SET_NAMES}}
+             for s in STRATEGIES]
+    rows = claims(evals, paper)
+    assert len(rows) == 2 + len(q) and all(r.count("|") == 7 for r in rows)
+    for r in rows[2:]:
+        _, claim, quantity, theirs, ours, per_seed, same, _ = r.split("|")
+        assert theirs == ours == per_seed and same.strip() in ("yes", "(paper 0)"), r
+    assert claims(evals[:1], paper) == []  # strategy 1 alone: no claim to check
+    ft = [{**evals[2], "results": {n: {"accuracy": paper[(2, n)] / 100 - 0.01} for n in SET_NAMES}, "finetuned": True}]
+    extra = [r for r in claims(evals, paper, ft) if "fine-tuned" in r]
+    assert len(extra) == 4 and all("| -1.00 | -1.00 |" in r for r in extra)  # strategy 3 fine-tuned = 2 minus a point

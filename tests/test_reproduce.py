@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 import iqals_fast.reproduce as R
@@ -88,3 +89,111 @@ def test_reproduce_with_another_iqa_measure(tiny, tmp_path):
         assert (rep / f).stat().st_size > 100
     with pytest.raises(SystemExit):
         main([*args, "3", "--iqa", "lpips"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The medium protocol and the rule that fixed its length
+
+
+def _curve(path, epochs=60, step=20, train_acc=0.99, last_third=lambda e: 0.78, every=1):
+    """A learning curve of the staircase ``epochs``/``step``: test accuracy rising to 0.78 by 2/3 of the run,
+    then ``last_third(epoch)``; ``test_acc`` on every ``every``-th epoch only."""
+    sched = config.PAPER.scaled(epochs, None, step)
+    rows = []
+    for e in range(1, epochs + 1):
+        row = {"epoch": e, "lr": sched.lr_at(e - 1), "train_acc": train_acc * min(1, 0.5 + e / epochs)}
+        if e % every == 0:
+            row["test_acc"] = last_third(e) if e > 2 * epochs / 3 else 0.5 + 0.28 * e / (2 * epochs / 3)
+        rows.append(row)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_medium_protocol():
+    m = PROTOCOLS["medium"]
+    assert (m.epochs, m.train_subset, m.lr_step_epochs, m.test_subset, m.curve_every) == (60, None, 20, None, 2)
+    sched = config.PAPER.scaled(m.epochs, m.train_subset, m.lr_step_epochs)
+    assert [sched.lr_at(e) for e in (0, 19, 20, 39, 40, 59)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert m.epochs <= R.RULE_MAX_EPOCHS and PROTOCOLS["small"].curve_every == 0
+
+
+def test_protocol_rule_on_synthetic_curves(tmp_path):
+    rng = np.random.default_rng(0)
+    noise = {e: rng.normal(0, 0.002) for e in range(1, 61)}  # 0.2 points per epoch, about half a binomial SE
+    flat = R.protocol_rule(_curve(tmp_path / "flat.jsonl"))
+    assert flat.holds is True and abs(flat.rise) < 1e-9 and flat.window == (41, 60) and "holds" in str(flat)
+    assert flat.standard_error == pytest.approx(100 * (0.78 * 0.22 / 10_000) ** 0.5)  # 0.41 points
+    rising = R.protocol_rule(_curve(tmp_path / "rising.jsonl", last_third=lambda e: 0.78 + 0.001 * (e - 40)))
+    assert rising.holds is False and rising.rise == pytest.approx(1.9) and "test accuracy still rising" in str(rising)
+    noisy = R.protocol_rule(_curve(tmp_path / "noisy.jsonl", last_third=lambda e: 0.78 + noise[e]))
+    assert noisy.holds is True and abs(noisy.rise) < noisy.standard_error
+    noisy_rising = R.protocol_rule(_curve(tmp_path / "nr.jsonl", last_third=lambda e: 0.78 + 0.0005 * (e - 40) + noise[e]))
+    assert noisy_rising.holds is False and noisy_rising.rise > noisy_rising.standard_error
+    slow = R.protocol_rule(_curve(tmp_path / "slow.jsonl", train_acc=0.97))
+    assert slow.holds is False and "training accuracy below 98%" in str(slow)
+    sparse = R.protocol_rule(_curve(tmp_path / "sparse.jsonl", every=2))  # curve_every 2: test_acc on even epochs
+    assert sparse.holds is True and sparse.window == (42, 60)
+    # an unfinished curve is undecided; one of another schedule is refused
+    part = tmp_path / "part.jsonl"
+    part.write_text("".join(_curve(tmp_path / "full.jsonl").read_text().splitlines(True)[:35]))
+    assert R.protocol_rule(part).holds is None and "undecided: the run has 25 epochs to go" in str(R.protocol_rule(part))
+    with pytest.raises(ValueError, match="epoch 11 was trained at lr 0.1, not at the 30-epoch schedule's 0.01"):
+        R.protocol_rule(tmp_path / "flat.jsonl", ReproProtocol("x", 30, None, 10, None))
+    with pytest.raises(ValueError, match="1-150 epochs, got 200"):
+        R.protocol_rule(tmp_path / "flat.jsonl", ReproProtocol("x", 200, None, 70, None))
+    with pytest.raises(ValueError, match="not a learning curve"):
+        R.protocol_rule(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.skipif(not R.PROTOCOL_EVIDENCE.is_file(), reason="the committed protocol run is absent")
+def test_protocol_rule_on_its_evidence():
+    """The committed curve of strategy 1 seed 0 (growing while the run continues): undecided until epoch 60."""
+    v = R.protocol_rule()
+    rows = R.PROTOCOL_EVIDENCE.read_text().splitlines()
+    assert v.epochs == 60 and v.logged == min(60, json.loads(rows[-1])["epoch"])
+    assert (v.holds is None) == (v.logged < 60) and v.train_acc >= 0.98  # memorised already at epoch 33
+
+
+def test_reproduce_medium_end_to_end(monkeypatch, tmp_path):
+    """--protocol medium (shrunk: 9 epochs on 100 images, lr x0.1 every 3, the curve every epoch): trains, logs the
+    curve into metrics.jsonl, reports; the rule reads the run's metrics.jsonl and decides."""
+    monkeypatch.setenv("IQALS_CACHE", str(tmp_path / "cache"))
+    shrunk = ReproProtocol("medium", 9, 100, 3, 100, curve_every=1)
+    monkeypatch.setitem(PROTOCOLS, "medium", shrunk)
+    out = tmp_path / "rep"
+    assert main(["reproduce", "--protocol", "medium", "--data", "synthetic", "--out", str(out), "--strategies", "1",
+                 "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    assert "protocol `medium`" in report and "9 epochs" in report and "(79.40, " in report
+    assert "## Training curves" in report and "| strategy1-seed0 | 9 | 9 |" in report
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    run = out / "runs" / "strategy1-seed0"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 10)) and all(0 <= r["test_acc"] <= 1 for r in rows)
+    assert json.loads((run / "config.json").read_text())["curve_every"] == 1
+    v = R.protocol_rule(run, shrunk, n_test=100)
+    assert v.holds is not None and v.window == (7, 9) and v.train_acc == rows[-1]["train_acc"]
+
+
+def test_reproduce_finetune_adds_rows_of_their_own(tiny, tmp_path):
+    """--finetune: strategy 3 again, from strategy 2's stage-1 weights (strategy 2 trained although not asked for),
+    as row `3 ft`; the claims compare it with 0-1 labels; a second call retrains nothing; --no-paper hides the paper."""
+    from iqals_fast.config import ReproProtocol as P
+
+    PROTOCOLS["small"] = P("small", 2, 100, 1, 100)  # (tiny's monkeypatch restores it) two lr stages: 1 + 1 epochs
+    out = tmp_path / "rep"
+    args = ["reproduce", "--data", "synthetic", "--out", str(out), "--strategies", "1", "3", "--finetune", "--no-progress"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["strategy1-seed0", "strategy2-seed0", "strategy3-seed0",
+                                                                "strategy3-seed0-finetune"]
+    ft = out / "runs" / "strategy3-seed0-finetune"
+    assert [json.loads(x)["epoch"] for x in (ft / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert json.loads((ft / "config.json").read_text())["finetune_from"] == str(out / "runs" / "strategy2-seed0")
+    md = (out / "table2.md").read_text()
+    assert "| 3 ft | MIX_blur + IQA-LS, fine-tuned from 2 |" in md and "| 3 | MIX_blur + IQA-LS |" in md
+    report = (out / "report.md").read_text()
+    assert "**blur**: IQA-LS fine-tuned from 0-1 labels beats 0-1 labels" in report and "(79.80, " in report
+    mtime = (ft / "checkpoint.pt").stat().st_mtime_ns
+    assert main([*args, "--no-paper"]) == 0
+    assert (ft / "checkpoint.pt").stat().st_mtime_ns == mtime
+    assert "(79.80, " not in (out / "report.md").read_text() and "| 3 ft |" in (out / "report.md").read_text()

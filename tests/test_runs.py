@@ -309,3 +309,108 @@ def test_training_holds_the_lock_for_the_whole_run(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "save", save)
     _train_tiny(run)
     assert seen == [os.getpid()] and not (run / runs.LOCK).exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage-1 snapshot and the runs fine-tuned from it (issue 17's ablation)
+
+
+def _source(tmp_path, strategy=2, seed=0, epochs=3, lr_step=2, name="src"):
+    """A trained 0-1 label run: ``epochs`` epochs, lr step after ``lr_step`` (so stage 1 ends there)."""
+    from iqals_fast.train import train
+
+    cfg = TrainConfig(strategy=strategy, data="synthetic", epochs=epochs, lr_step_epochs=lr_step, seed=seed,
+                      batch_size=20, out=str(tmp_path / name))
+    return train(cfg, dataset=DS, progress=False), cfg
+
+
+def _finetune_cfg(tmp_path, source, strategy=3, **kw):
+    opts = {"data": "synthetic", "epochs": 3, "lr_step_epochs": 2, "seed": 0, "batch_size": 20,
+            "out": str(tmp_path / "ft"), **kw}
+    return TrainConfig(strategy=strategy, finetune_from=str(source), **opts)
+
+
+def test_the_stage1_snapshot_is_the_weights_at_the_end_of_the_first_lr_stage(tmp_path):
+    """stage1.pt = the checkpoint's weights after epoch lr_step_epochs (a run stopped there), weights only; a
+    run with one lr stage writes none."""
+    from iqals_fast.train import train
+
+    run, cfg = _source(tmp_path)
+    snap = runs.load_checkpoint(run / runs.STAGE1, keys=runs.SNAPSHOT_KEYS)
+    assert snap["epoch"] == 2 and set(snap) == set(runs.SNAPSHOT_KEYS) and snap["config"] == asdict(cfg)
+    with pytest.raises(RunError, match="expected the keys"):  # not a checkpoint to resume from
+        runs.load_checkpoint(run / runs.STAGE1)
+    stopped = train(TrainConfig(**{**asdict(cfg), "out": str(tmp_path / "stopped")}), dataset=DS, progress=False,
+                    stop_after=2)
+    at2 = runs.load_checkpoint(stopped / runs.CHECKPOINT)
+    assert at2["epoch"] == 2
+    for k, v in at2["model"].items():  # the same seed and data on the same CPU: bit for bit
+        torch.testing.assert_close(snap["model"][k], v, rtol=0, atol=0)
+    assert runs.load_checkpoint(run / runs.CHECKPOINT)["epoch"] == 3
+    one_stage, _ = _source(tmp_path, epochs=2, lr_step=2, name="one-stage")
+    assert not (one_stage / runs.STAGE1).exists() and runs.stage1_end(PAPER.scaled(2, None, 2)) is None
+
+
+def test_a_finetuned_run_starts_from_exactly_the_snapshot_and_holds_only_its_own_epochs(tmp_path):
+    from iqals_fast.train import train
+
+    src, _ = _source(tmp_path)
+    snap = runs.load_checkpoint(src / runs.STAGE1, keys=runs.SNAPSHOT_KEYS)
+    cfg = _finetune_cfg(tmp_path, src)
+    (start, history), model, opt = _open(tmp_path / "opened", cfg)
+    assert (start, history) == (2, []) and not opt.state_dict()["state"]  # plain SGD: a fresh optimizer loses nothing
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, snap["model"][k], rtol=0, atol=0)
+    c = runs.load_run_config(tmp_path / "opened")
+    assert c["finetune_from"] == str(src) and c["finetune_source"] == {"run": str(src.resolve()),
+                                                                       "snapshot": "stage1.pt", "epoch": 2}
+    run = train(cfg, dataset=DS, progress=False)
+    assert [r["epoch"] for r in runs.read_metrics(run)] == [3] and runs.finished(run, 3)
+    assert runs.read_metrics(run)[0]["lr"] == pytest.approx(PAPER.lr * PAPER.lr_decay)  # stage 2's lr
+    assert not (run / runs.STAGE1).exists()
+    end = runs.load_checkpoint(run / runs.CHECKPOINT)
+    assert any(not torch.equal(end["model"][k], v) for k, v in snap["model"].items())  # it trained
+    # resuming it needs the same source; another one is refused
+    with pytest.raises(RunError, match="finetune_from was"):
+        _open(run, TrainConfig(**{**asdict(cfg), "finetune_from": None}), resume=True)
+
+
+def test_finetuning_refuses_a_source_that_is_not_the_counterpart_naming_it(tmp_path):
+    src, _ = _source(tmp_path)
+
+    def check(cfg, ds=DS):
+        return runs.check_finetune_source(cfg, runs.describe(STRATEGIES[cfg.strategy], cfg.protocol(), ds))
+
+    assert check(_finetune_cfg(tmp_path, src))[0] == src / runs.STAGE1
+    with pytest.raises(RunError, match="strategy 2 .MIX_blur. is not an IQA-LS strategy"):
+        check(_finetune_cfg(tmp_path, src, strategy=2))
+    with pytest.raises(RunError, match=f"{src} is strategy 2 seed 0: strategy 5 seed 0 fine-tunes strategy 4"):
+        check(_finetune_cfg(tmp_path, src, strategy=5))
+    with pytest.raises(RunError, match="strategy 3 seed 1 fine-tunes strategy 2"):
+        check(_finetune_cfg(tmp_path, src, seed=1))
+    with pytest.raises(RunError, match=r"another protocol \(epochs 3 vs 4\)"):
+        check(_finetune_cfg(tmp_path, src, epochs=4))
+    with pytest.raises(RunError, match="trained on other data"):
+        check(_finetune_cfg(tmp_path, src), synthetic(60, 20, seed=1))
+    with pytest.raises(RunError, match="is not a training run"):
+        check(_finetune_cfg(tmp_path, tmp_path / "nowhere"))
+    one, _ = _source(tmp_path, epochs=2, lr_step=2, name="one")
+    with pytest.raises(RunError, match="single lr stage"):
+        check(_finetune_cfg(tmp_path, one, epochs=2))
+    snap = (src / runs.STAGE1).read_bytes()
+    (src / runs.STAGE1).unlink()
+    with pytest.raises(RunError, match=f"{src}: no stage1.pt .its weights at epoch 2"):
+        check(_finetune_cfg(tmp_path, src))
+    (src / runs.STAGE1).write_bytes(snap[:100])
+    with pytest.raises(RunError, match=f"{src / runs.STAGE1} is not a readable checkpoint"):
+        check(_finetune_cfg(tmp_path, src))
+    state = runs.load_checkpoint(src / runs.CHECKPOINT)
+    torch.save({"model": state["model"], "epoch": 3, "config": state["config"]}, src / runs.STAGE1)
+    with pytest.raises(RunError, match="holds epoch 3 of strategy 2 seed 0, not epoch 2"):
+        check(_finetune_cfg(tmp_path, src))
+    # a refused fine-tuned run leaves no directory behind
+    from iqals_fast.train import train
+
+    with pytest.raises(RunError, match="not epoch 2"):
+        train(_finetune_cfg(tmp_path, src, out=str(tmp_path / "refused")), dataset=DS, progress=False)
+    assert not (tmp_path / "refused").exists()

@@ -180,30 +180,16 @@ def test_compiled_step_is_one_graph_with_the_custom_ops():
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
-    """--compile changes float rounding only: same losses and weights as eager within float tolerance."""
-    eager = train(cfg(tmp_path, "eager", epochs=2), dataset=DS, progress=False)
-    comp = train(cfg(tmp_path, "comp", epochs=2, compile=True), dataset=DS, progress=False)
+    """--compile changes float rounding only: same losses and weights as eager within float tolerance (in
+    float32: under bf16 inductor rounds its fused intermediates differently, at bf16's 2^-8, not float32's)."""
+    eager = train(cfg(tmp_path, "eager", epochs=2, precision="fp32"), dataset=DS, progress=False)
+    comp = train(cfg(tmp_path, "comp", epochs=2, compile=True, precision="fp32"), dataset=DS, progress=False)
     a = torch.load(eager / "checkpoint.pt", weights_only=True)
     b = torch.load(comp / "checkpoint.pt", weights_only=True)
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-3, atol=1e-5, msg=k)
     for ra, rb in zip(a["history"], b["history"]):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4) and rb["train_acc"] == ra["train_acc"]
-
-
-@pytest.mark.slow
-def test_bench_command_reports_every_row(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("IQALS_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--data", "synthetic", "-n", "200", "--epochs", "2", "--steps", "1", "--rounds", "1",
-                 "--out", str(out)]) == 0
-    res = json.loads(out.read_text())
-    assert {"eager, plain PyTorch", "eager, dispatched LRN", "compiled, dispatched LRN"} <= set(res["model_only"])
-    assert res["default"] == "eager, dispatched LRN, channels_last" and res["default"] in res["model_only"]
-    assert all(r["images_per_s"] > 0 for r in res["model_only"].values())
-    assert res["pipeline"]["n"] == 200 and len(res["pipeline"]["epochs_images_per_s"]) == 2
-    printed = capsys.readouterr().out
-    assert "full strategy-9 pipeline" in printed and printed == out.with_suffix(".md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,7 +246,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path
         return real(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", save)
-    c = cfg(tmp_path, "full", strategy=1, epochs=2)
+    c = cfg(tmp_path, "full", strategy=1, epochs=2, lr_step_epochs=2)  # one lr stage: no stage1.pt among the saves
     run = c.run_dir()
     with pytest.raises(RunError) as e:
         train(c, dataset=DS, progress=False)

@@ -6,7 +6,8 @@ without a graph break both use the kernels). Where the module was not built (a p
 checkout), :func:`available` is False and the dispatch table skips this backend.
 
 Tensors reach the kernels as numpy views (``Tensor.numpy()`` shares memory; only a non-contiguous
-tensor is copied first). The constants (blur and SSIM taps, C1, C2) come from ``iqals_fast.config``.
+tensor is copied first; bfloat16 ones, for the LRN, as uint16 views of their bits). The constants
+(blur and SSIM taps, C1, C2) come from ``iqals_fast.config``.
 The kernels use ``torch.get_num_threads()`` threads, one image per thread at a time; results do not
 depend on the thread count. The LRN kernels are about 9-10x faster than PyTorch's composite, forward
 plus backward, on a 100 x 64 x 16 x 16 batch (bench/results/pipeline-cpu-*.md).
@@ -69,16 +70,22 @@ def ssim(reference, distorted):
 
 
 def _lrn_call(fn, tensors, **params):
-    """Run an LRN kernel on NCHW tensors in their own layout: channels_last ones as N x H x W x C arrays
-    (no copy), the rest as NCHW-contiguous ones; the result keeps the first tensor's layout."""
+    """Run an LRN kernel on float32 or bfloat16 NCHW tensors (all of the first one's dtype) in their own
+    layout: channels_last ones as N x H x W x C arrays (no copy), the rest as NCHW-contiguous ones; the
+    result keeps the first tensor's layout and dtype. bfloat16 travels as its bits, a uint16 view (numpy
+    has no bfloat16): no copy, no conversion; the kernels compute in float32 and round what they write."""
+    bf16 = tensors[0].dtype == torch.bfloat16
+    tensors = [t.detach().to(tensors[0].dtype) for t in tensors]
+    tensors = [t.view(torch.uint16) for t in tensors] if bf16 else tensors
     cl = tensors[0].is_contiguous(memory_format=torch.channels_last) and not tensors[0].is_contiguous()
     if cl:
-        arrays = [t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
-                  for t in tensors]
-        return torch.from_numpy(fn(*arrays, channels_last=True, threads=torch.get_num_threads(),
-                                   **params)).permute(0, 3, 1, 2)
-    arrays = [_numpy(t.detach()) for t in tensors]
-    return torch.from_numpy(fn(*arrays, channels_last=False, threads=torch.get_num_threads(), **params))
+        arrays = [t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy() for t in tensors]
+        out = torch.from_numpy(fn(*arrays, channels_last=True, bf16=bf16, threads=torch.get_num_threads(),
+                                  **params)).permute(0, 3, 1, 2)
+    else:
+        out = torch.from_numpy(fn(*map(_numpy, tensors), channels_last=False, bf16=bf16,
+                                  threads=torch.get_num_threads(), **params))
+    return out.view(torch.bfloat16) if bf16 else out
 
 
 @torch.library.custom_op("iqals_fast::lrn", mutates_args=(), device_types="cpu")
@@ -121,8 +128,11 @@ lrn_op.register_autograd(_lrn_backward, setup_context=_lrn_setup)
 
 
 def lrn(x, radius, bias, alpha, beta):
-    if x.dtype == torch.float64:  # the kernels are float32; float64 keeps its precision on the reference
+    """float32 and bfloat16 (what bf16 autocast hands the LRN: ReLU and max-pool of a bf16 convolution)
+    straight through the kernels, bfloat16 in and out, float32 inside; float16 through a float32 copy;
+    float64 on the reference, which keeps its precision."""
+    if x.dtype == torch.float64:
         return reference.lrn(x, radius, bias, alpha, beta)
-    if x.dtype != torch.float32:  # bf16 / fp16 (autocast): computed in float32, returned in x's dtype
+    if x.dtype == torch.float16:
         return lrn_op(x.float(), radius, bias, alpha, beta).to(x.dtype)
     return lrn_op(x, radius, bias, alpha, beta)

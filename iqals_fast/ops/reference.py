@@ -177,7 +177,11 @@ def lrn(x: torch.Tensor, radius: int, bias: float, alpha: float, beta: float) ->
     """TensorFlow's ``tf.nn.lrn``: ``x_c / (bias + alpha * sum_{|j - c| <= radius} x_j^2) ** beta``.
 
     By ``F.local_response_norm`` (pads, squares, ``avg_pool3d``), which divides its alpha by the
-    window size: hence ``alpha * size``. On CUDA ``torch.compile`` fuses it into one kernel.
+    window size: hence ``alpha * size``. On CUDA ``torch.compile`` fuses it into one kernel. bfloat16
+    and float16 inputs (autocast) are computed in float32 and returned in their dtype, on every device
+    (PyTorch has no bfloat16 ``avg_pool3d`` on CPU, and float32 sums keep the window sum's precision).
     """
     n = 2 * radius + 1
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return F.local_response_norm(x.float(), size=n, alpha=alpha * n, beta=beta, k=bias).to(x.dtype)
     return F.local_response_norm(x, size=n, alpha=alpha * n, beta=beta, k=bias)

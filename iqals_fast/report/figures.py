@@ -13,7 +13,7 @@ from ..data.sources import load
 from ..evaluate import predict
 from ..metrics import ECE_BINS, SSIM_BINS, ece_from_bins
 from ..ops.api import distort
-from ..runs import data_spec, load_model, load_run_config
+from ..runs import METRICS, data_spec, load_model, load_run_config, read_metrics
 from .tables import DISTORTED, SET_NAMES, aggregate, load_evals
 
 
@@ -221,3 +221,40 @@ def corruption_figure(evals: list[dict], out: Path) -> Path:
     _save_fig(fig, path)
     plt.close(fig)
     return path
+
+
+def curves(runs) -> dict[str, list[dict]]:
+    """Run name -> its metrics.jsonl rows that hold a learning-curve point (``test_acc``: ``--curve-every``), for
+    the runs that logged one."""
+    out = {}
+    for r in runs:
+        rows = [m for m in read_metrics(r) if m.get("test_acc") is not None] if (Path(r) / METRICS).is_file() else []
+        if rows:
+            out[Path(r).name] = rows
+    return out
+
+
+def curve_figure(runs, out: Path) -> Path | None:
+    """The training curves (``curves.png``): pristine test accuracy, training accuracy and mean true-class
+    confidence on the training images against the epoch, one colour per run; None when no run logged a curve."""
+    data = curves(runs)
+    if not data:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (name, rows) in enumerate(sorted(data.items())):
+        colour, ep = f"C{i % 10}", [m["epoch"] for m in rows]
+        axes[0].plot(ep, [100 * m["test_acc"] for m in rows], "-", color=colour, label=f"{name}, test (pristine)")
+        axes[0].plot(ep, [100 * m["train_acc"] for m in rows], "--", color=colour, label=f"{name}, training")
+        axes[1].plot(ep, [m["train_conf_true"] for m in rows], "-", color=colour, label=name)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[1].set_ylabel("mean true-class confidence, training images")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    axes[1].legend(fontsize=6)
+    fig.tight_layout()
+    _save_fig(fig, Path(out) / "curves.png")
+    plt.close(fig)
+    return Path(out) / "curves.png"

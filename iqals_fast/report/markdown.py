@@ -1,8 +1,8 @@
 """The reproduction report: ``report.md`` and the files beside it, from evaluated runs.
 
-``write_report`` lays out the protocol, data, machine and versions, Table 2, the figures, the paper's
-claims checked on the numbers (``claims``), and, where every eval.json holds them, the CIFAR-10-C and
-calibration sections (``extended_sections``); with another IQA measure than SSIM, its comparison
+``write_report`` lays out the protocol, data, machine and versions, Table 2 (the paper's value beside
+ours in every cell), the figures, the paper's claims computed on the paper's numbers and on ours side
+by side (``claims``), and, where every eval.json holds them, the CIFAR-10-C and calibration sections (``extended_sections``); with another IQA measure than SSIM, its comparison
 with SSIM and 0-1 labels (``measure_section``, also ``measures.md`` / ``.csv``). ``extended_reports``
 writes the tables and figures those sections show.
 """
@@ -16,19 +16,20 @@ import numpy as np
 import torch
 
 from .._io import save_text
-from ..config import KINDS, PRISTINE_STRATEGY, STRATEGIES, STRATEGY_PAIRS, ReproProtocol
+from ..config import KINDS, LEVEL_NUMBERS, PRISTINE_STRATEGY, STRATEGIES, STRATEGY_PAIRS, ReproProtocol
 from ..runs import read_metrics, versions
-from .figures import confidence_ssim_figure, corruption_figure, reliability_figure
+from .figures import confidence_ssim_figure, corruption_figure, curve_figure, curves, reliability_figure
 from .tables import (
     SET_NAMES,
-    _csv,
-    _write,
     aggregate,
     calibration_table,
     corruption_errors,
     corruption_table,
+    csv_text,
     has_extended,
     load_evals,
+    paper_aggregate,
+    write_text,
 )
 
 
@@ -44,37 +45,69 @@ def extended_reports(runs, out_dir) -> list[Path]:
             confidence_ssim_figure(evals, out), corruption_figure(evals, out)]
 
 
-def claims(agg: dict) -> list[str]:
-    """The paper's claims, checked on the numbers (mean over seeds), one line each."""
-    lines = []
+LABELS_CLAIM = "IQA-LS beats 0-1 labels"
 
-    def acc(s, n):
-        return agg[s][n][0]
 
-    p = PRISTINE_STRATEGY
-    for kind in KINDS:
-        zo, ls = STRATEGY_PAIRS[kind]
+def claim_quantities(agg: dict) -> list[tuple[str, str, str, float]]:
+    """The numbers behind the paper's claims, computed on ``agg`` (``aggregate``'s shape: ours, or the paper's
+    through ``paper_aggregate``): ``(mixture, claim, quantity, value in points)``, for each mixture whose
+    strategies (and strategy 1) are all in ``agg``."""
+    p, out = PRISTINE_STRATEGY, []
+
+    def d(a, b, names):
+        return float(np.mean([agg[a][n][0] - agg[b][n][0] for n in names]))
+
+    for kind, (zo, ls) in STRATEGY_PAIRS.items():
         if not all(x in agg for x in (p, zo, ls)):
             continue
-        dist = [f"{kind}{lv}" for lv in (1, 2, 3)]
-        gain = np.mean([acc(zo, n) - acc(p, n) for n in dist])
-        cost = acc(zo, "pristine") - acc(p, "pristine")
-        rec = {n: acc(ls, n) - acc(zo, n) for n in ["pristine", *dist]}
-        lines.append(
-            f"- **{kind}**: mixing ({STRATEGIES[zo].name} vs Pristine) changes accuracy on the {kind} test sets by "
-            f"{gain:+.2f} points on average and on the pristine set by {cost:+.2f}; IQA-LS vs 0-1 labels on the same "
-            "mixture: " + ", ".join(f"{n} {v:+.2f}" for n, v in rec.items()) + "."
-        )
-    zo, ls = STRATEGY_PAIRS["all3"]
-    if all(x in agg for x in (p, zo, ls)):
-        dist = [n for n in SET_NAMES if n != "pristine"]
-        lines.append(
-            f"- **all3**: MIX_all3 vs Pristine on the nine distorted sets {np.mean([acc(zo, n) - acc(p, n) for n in dist]):+.2f}"
-            f" on average, pristine {acc(zo, 'pristine') - acc(p, 'pristine'):+.2f}; IQA-LS vs 0-1 labels: pristine "
-            f"{acc(ls, 'pristine') - acc(zo, 'pristine'):+.2f}, levels 1-2 "
-            f"{np.mean([acc(ls, n) - acc(zo, n) for n in dist if n[-1] in '12']):+.2f}, level 3 "
-            f"{np.mean([acc(ls, n) - acc(zo, n) for n in dist if n[-1] == '3']):+.2f}."
-        )
+        single = kind in KINDS
+        dist = [f"{kind}{lv}" for lv in LEVEL_NUMBERS] if single else list(SET_NAMES[1:])
+        mix, lab = f"{STRATEGIES[zo].name} − Pristine", f"{STRATEGIES[ls].name} − {STRATEGIES[zo].name}"
+        where = f"mean of the {kind} sets" if single else "mean of the nine distorted sets"
+        out += [(kind, f"mixing helps on {'them' if single else 'distorted images'}", f"{mix}, {where}",
+                 d(zo, p, dist)),
+                (kind, "mixing costs on pristine", f"{mix}, pristine", d(zo, p, ["pristine"]))]
+        groups = ([("pristine", ["pristine"])] + [(n, [n]) for n in dist] if single else
+                  [("pristine", ["pristine"]), ("mean of levels 1-2", [n for n in dist if n[-1] in "12"]),
+                   ("mean of level 3", [n for n in dist if n[-1] == "3"])])
+        out += [(kind, LABELS_CLAIM, f"{lab}, {g}", d(ls, zo, names)) for g, names in groups]
+    return out
+
+
+def claims(evals: list[dict], paper: dict | None = None, finetuned: list[dict] = ()) -> list[str]:
+    """The paper's claims computed on the paper's numbers and on ours side by side (a Markdown table): ours as
+    the mean over seeds and per seed, and whether ours has the paper's sign. With ``finetuned`` evals, the
+    IQA-LS comparisons once more with the fine-tuned runs in place of the from-scratch ones."""
+    seeds = sorted({e["seed"] for e in evals})
+
+    def quantities(es, ft=()):
+        agg = aggregate(es)
+        agg.update(aggregate(list(ft)))
+        return {(k, c, q): v for k, c, q, v in claim_quantities(agg)}
+
+    ours = quantities(evals)
+    if not ours:
+        return []
+    theirs = {(k, c, q): v for k, c, q, v in claim_quantities(paper_aggregate(paper))} if paper else {}
+    rows = [(key, key, v, [quantities([e for e in evals if e["seed"] == sd]).get(key) for sd in seeds])
+            for key, v in ours.items()]
+    tuned = {e["strategy"] for e in finetuned}
+    if tuned:
+        ft = quantities(evals, finetuned)
+        rows += [((k, "IQA-LS fine-tuned from 0-1 labels beats 0-1 labels", q), (k, c, q), v,
+                  [quantities([e for e in evals if e["seed"] == sd], [e for e in finetuned if e["seed"] == sd]).get(
+                      (k, c, q)) for sd in seeds])
+                 for (k, c, q), v in ft.items() if c == LABELS_CLAIM and STRATEGY_PAIRS[k][1] in tuned]
+
+    def num(v):
+        return "—" if v is None else f"{v:+.2f}"
+
+    lines = ["| claim | quantity (points) | paper | ours | ours per seed (" + ", ".join(map(str, seeds))
+             + ") | sign as the paper's |", "|---|---|---|---|---|---|"]
+    for (k, c, q), key, v, vs in rows:
+        t = theirs.get(key)
+        same = "—" if t is None else "(paper 0)" if t == 0 else "yes" if np.sign(v) == np.sign(t) else "no"
+        lines.append(f"| **{k}**: {c} | {q} | {num(t)} | {num(v)} | {', '.join(num(x) for x in vs)} | {same} |")
     return lines
 
 
@@ -211,16 +244,51 @@ Mean quality q = T(measure) that IQA-LS put on the true class, per training leve
 {chr(10).join(qlines)}
 """
     if out is not None:
-        _write(out, "measures.md", text)
-        _write(out, "measures.csv", _csv(rows))
+        write_text(out, "measures.md", text)
+        write_text(out, "measures.csv", csv_text(rows))
     return text
 
 
+def binomial_line(evals: list[dict]) -> str:
+    """The binomial standard error of one pristine accuracy on the test images the runs were evaluated on
+    (at their mean accuracy), and of a difference of two runs' accuracies; empty when eval.json lacks ``n``."""
+    ns = {e["results"]["pristine"].get("n") for e in evals}
+    if len(ns) != 1 or None in ns:
+        return ""
+    (n,) = ns
+    acc = float(np.mean([e["results"]["pristine"]["accuracy"] for e in evals]))
+    se = 100 * float(np.sqrt(acc * (1 - acc) / n))
+    return (f"Binomial standard error of one accuracy on these {n:,} test images: {se:.2f} points (at the mean "
+            f"pristine accuracy, {100 * acc:.1f}%); of a difference between two runs about {se * np.sqrt(2):.2f} "
+            "(less where both err on the same images).")
+
+
+def curve_section(out: Path, runs) -> str:
+    """The training curves (``curves.png``, written here) of the runs that logged one (``--curve-every``), with each
+    run's last point; empty when none did."""
+    data = curves(runs)
+    if not data:
+        return ""
+    curve_figure(runs, out)
+    lines = ["| run | epochs logged | last epoch | training accuracy | test accuracy (pristine) | true-class confidence |",
+             "|---|---|---|---|---|---|"]
+    for name, rows in sorted(data.items()):
+        m = rows[-1]
+        lines.append(f"| {name} | {len(rows)} | {m['epoch']} | {100 * m['train_acc']:.2f} | {100 * m['test_acc']:.2f} "
+                     f"| {m['train_conf_true']:.3f} |")
+    return ("\n## Training curves\n\nPristine test accuracy (all the test images the curve was logged on), the "
+            "epoch's training accuracy and the mean true-class confidence on a fixed set of training images, as "
+            "`metrics.jsonl` logs them:\n\n![Training curves](curves.png)\n\n" + "\n".join(lines) + "\n")
+
+
 def write_report(out: Path, p: ReproProtocol, runs, ds, seeds, wall: float, command: str, iqa: str = "ssim",
-                 ssim_runs=()) -> Path:
-    evals = load_evals(runs)
+                 ssim_runs=(), paper: dict | None = None, finetuned_runs=()) -> Path:
+    """report.md in ``out`` from the evaluated ``runs`` (from scratch) and ``finetuned_runs`` (``--finetune``),
+    beside the table2.md, figures and extended tables already written there; ``paper``: the paper's numbers
+    (``load_paper``) for the claims, None for ours alone."""
+    evals, tuned = load_evals(runs), load_evals(finetuned_runs)
     agg = aggregate(evals)
-    train_s = sum(r["seconds"] for run in runs for r in read_metrics(run))
+    train_s = sum(r["seconds"] for run in [*runs, *finetuned_runs] for r in read_metrics(run))
     v = versions()
     spread = [sd for d in agg.values() for (_, sd, k) in d.values() if k > 1]
     title, where, extra = "", "runs/strategy<N>-seed<S>/", ""
@@ -241,7 +309,7 @@ Produced by `{command}`.
 | seeds | {', '.join(map(str, seeds))} |
 | machine | {v['processor']} ({v['machine']}), {torch.get_num_threads()} torch threads |
 | versions | iqals_fast {v['iqals_fast']}, torch {v['torch']}, numpy {v['numpy']}, pillow {v['pillow']}, python {v['python']}, {platform.system()} |
-| training time | {train_s / 60:.1f} min in all ({len(runs)} runs); this command's wall time {wall / 60:.1f} min (finished runs are not retrained) |
+| training time | {train_s / 60:.1f} min in all ({len(runs) + len(tuned)} runs); this command's wall time {wall / 60:.1f} min (finished runs are not retrained) |
 
 ## Table 2
 
@@ -251,12 +319,13 @@ Produced by `{command}`.
 ![Figure 3](figure3.png)
 
 ![Figure 4](figure4.png)
+{curve_section(out, [*runs, *finetuned_runs])}
+## The paper's claims, on the paper's numbers and on ours
 
-## The paper's claims, on these numbers
-
-{chr(10).join(claims(agg)) or '(needs strategies 1-9)'}
+{chr(10).join(claims(evals, paper, tuned)) or '(needs strategy 1 and both strategies of a mixture)'}
 
 Seed-to-seed spread: {f'median std {np.median(spread):.2f} points, max {np.max(spread):.2f}' if spread else 'one seed only, so no spread measured; differences under about 1 point should not be read as effects'}.
+{binomial_line(evals)}
 {extra}{extended_sections(out, evals)}
 Each run's options, metrics per epoch and evaluation are in `{where}` (`config.json`,
 `metrics.jsonl`, `eval.json`); the checkpoints are not committed.

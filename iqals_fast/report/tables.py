@@ -1,12 +1,11 @@
 """Table 2 and the tables beyond it (CIFAR-10-C severities and mCE, calibration), from evaluated runs.
 
 Each table is returned as Markdown and, given ``out_dir``, written there as ``.md`` and ``.csv``;
-cells are ``mean ± std over seeds`` (``_cell``).
-
-The paper's own Table 2 values are not shipped: this project could not obtain a copy of them
-to check against, and a made-up column is worse than none. Pass them with ``--paper FILE.csv``
-(columns ``strategy,test_set,accuracy``, accuracy in percent) to see them beside ours with the
-differences.
+cells are ``mean ± std over seeds`` (``_cell``). Table 2 shows the paper's value and our difference
+in every cell: the paper's Table 2 ships with the package (``paper_table2.csv``, see ``load_paper``);
+``--paper FILE.csv`` replaces it, ``--no-paper`` hides it. Runs fine-tuned from their 0-1 label
+counterpart (``train --finetune-from``) are rows of their own (``3 ft``), never seeds of the
+from-scratch strategy.
 """
 
 from __future__ import annotations
@@ -16,22 +15,39 @@ import io
 import json
 import sys
 from collections import defaultdict
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from .._io import save_text
-from ..config import CORRUPTION_SETS, CORRUPTIONS, PRISTINE_STRATEGY, SEVERITIES, STRATEGIES, TEST_SET_NAMES
+from ..config import (
+    CORRUPTION_SETS,
+    CORRUPTIONS,
+    PRISTINE_STRATEGY,
+    SEVERITIES,
+    STRATEGIES,
+    STRATEGY_PAIRS,
+    TEST_SET_NAMES,
+)
 from ..evaluate import EVAL_VERSION
-from ..runs import EVAL
+from ..runs import CONFIG, EVAL, load_run_config
 
 SET_NAMES = TEST_SET_NAMES
 DISTORTED = SET_NAMES[1:]
 
 
+PAPER_TABLE = "paper_table2.csv"
+"""The paper's Table 2 as package data (``iqals_fast/report/paper_table2.csv``): all nine strategies on the
+pristine test set and the nine distorted ones, accuracy in percent, as printed in Table 2 of Chen, Lin, Wang,
+Xu, Li, *Image Quality Assessment Guided Deep Neural Networks Training* (three decimals there, percent
+here; the paper's column "JPGE" is JPEG). Copied from the project's ``shared/paper/table2.csv``."""
+
+
 def load_evals(runs) -> list[dict]:
     """The eval.json of each run, each run once: a directory given twice (under any path) is one run, not two
-    seeds (a note on stderr says so), and two directories of the same strategy, seed and measure get a note."""
+    seeds (a note on stderr says so), and two directories of the same strategy, seed, measure and start get a
+    note. Each eval gets ``finetuned``: True when the run's config.json has a ``finetune_from``."""
     out, seen, same = [], {}, {}
     for r in runs:
         p = Path(r) / EVAL
@@ -46,17 +62,22 @@ def load_evals(runs) -> list[dict]:
             e = json.loads(p.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{p} is not valid JSON ({err}): evaluate the run again") from None
-        run_id = (e.get("strategy"), e.get("seed"), e.get("iqa", "ssim"))
+        e["finetuned"] = (Path(r) / CONFIG).is_file() and bool(load_run_config(r).get("finetune_from"))
+        run_id = (e.get("strategy"), e.get("seed"), e.get("iqa", "ssim"), e["finetuned"])
         if run_id in same:
-            print(f"note: {same[run_id]} and {r} are both strategy {run_id[0]}, seed {run_id[1]} ({run_id[2]}): "
-                  "each counts as a seed", file=sys.stderr)
+            print(f"note: {same[run_id]} and {r} are both strategy {run_id[0]}, seed {run_id[1]} ({run_id[2]}"
+                  f"{', fine-tuned' if run_id[3] else ''}): each counts as a seed", file=sys.stderr)
         same.setdefault(run_id, r)
         out.append(e)
     return out
 
 
-def load_paper(path) -> dict[tuple[int, str], float]:
-    """Paper numbers from a CSV with columns strategy,test_set,accuracy (percent, in [0, 100])."""
+def load_paper(path=None) -> dict[tuple[int, str], float]:
+    """Paper numbers from a CSV with columns strategy,test_set,accuracy (percent, in [0, 100]); ``path`` None:
+    the paper's Table 2 shipped with the package (``PAPER_TABLE``)."""
+    if path is None:
+        with resources.as_file(resources.files(__package__) / PAPER_TABLE) as shipped:
+            return load_paper(shipped)
     table = {}
     with open(path, newline="") as f:
         for i, row in enumerate(csv.DictReader(f), start=2):
@@ -72,6 +93,17 @@ def load_paper(path) -> dict[tuple[int, str], float]:
     return table
 
 
+def paper_aggregate(paper: dict[tuple[int, str], float]) -> dict[int, dict[str, tuple[float, float, int]]]:
+    """The paper's numbers in ``aggregate``'s shape (one "seed", no spread): strategies with all ten sets."""
+    return {s: {n: (paper[(s, n)], 0.0, 1) for n in SET_NAMES} for s in sorted(STRATEGIES)
+            if all((s, n) in paper for n in SET_NAMES)}
+
+
+def split_finetuned(evals: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(from-scratch evals, fine-tuned evals), as ``load_evals`` marked them."""
+    return [e for e in evals if not e.get("finetuned")], [e for e in evals if e.get("finetuned")]
+
+
 def aggregate(evals: list[dict], part: str = "results", names=None, key: str = "accuracy",
               scale: float = 100.0) -> dict[int, dict[str, tuple[float, float, int]]]:
     """strategy -> test set -> (mean, std over seeds, number of seeds) of ``key`` (accuracy in % by default)
@@ -85,32 +117,46 @@ def aggregate(evals: list[dict], part: str = "results", names=None, key: str = "
     return {s: {n: (float(np.mean(v)), float(np.std(v)), len(v)) for n, v in d.items()} for s, d in sorted(acc.items())}
 
 
-def table(runs, paper_csv=None, out_dir=None) -> str:
-    """Table 2's layout in Markdown (ours, and the paper's with differences when given); also CSV."""
-    agg = aggregate(load_evals(runs))
-    paper = load_paper(paper_csv) if paper_csv else {}
+def finetuned_label(strategy: int) -> tuple[str, str]:
+    """(row number, name) of a fine-tuned IQA-LS row: ``3 ft``, ``MIX_blur + IQA-LS, fine-tuned from 2``."""
+    source = next((zo for zo, ls in STRATEGY_PAIRS.values() if ls == strategy), None)
+    return f"{strategy} ft", f"{STRATEGIES[strategy].name}, fine-tuned from {source}"
+
+
+def table(runs, paper_csv=None, out_dir=None, *, show_paper: bool = True) -> str:
+    """Table 2's layout in Markdown, ours with the paper's value and our difference in every cell (the shipped
+    paper table, or ``paper_csv``; none with ``show_paper=False``); also CSV with ``out_dir``. Fine-tuned runs
+    follow as their own rows."""
+    scratch, tuned = split_finetuned(load_evals(runs))
+    paper = load_paper(paper_csv) if show_paper else {}
     lines = ["| # | strategy | " + " | ".join(SET_NAMES) + " |", "|---|---|" + "---|" * len(SET_NAMES)]
-    rows = []
-    for s, d in agg.items():
-        cells = []
-        for n in SET_NAMES:
-            m, sd, k = d[n]
-            cell = f"{m:.2f}" + (f" ± {sd:.2f}" if k > 1 else "")
-            if (s, n) in paper:
-                cell += f" ({paper[(s, n)]:.2f}, {m - paper[(s, n)]:+.2f})"
-            cells.append(cell)
-            rows.append({"strategy": s, "name": STRATEGIES[s].name, "test_set": n, "accuracy": round(m, 4),
-                         "std": round(sd, 4), "seeds": k, "paper": paper.get((s, n), ""),
-                         "difference": round(m - paper[(s, n)], 4) if (s, n) in paper else ""})
-        lines.append(f"| {s} | {STRATEGIES[s].name} | " + " | ".join(cells) + " |")
+    rows, spread = [], False
+    for agg, ft in ((aggregate(scratch), False), (aggregate(tuned), True)):
+        for s, d in agg.items():
+            number, name = finetuned_label(s) if ft else (str(s), STRATEGIES[s].name)
+            cells = []
+            for n in SET_NAMES:
+                m, sd, k = d[n]
+                spread |= k > 1
+                cell = f"{m:.2f}" + (f" ± {sd:.2f}" if k > 1 else "")
+                if (s, n) in paper:
+                    cell += f" ({paper[(s, n)]:.2f}, {m - paper[(s, n)]:+.2f})"
+                cells.append(cell)
+                rows.append({"strategy": s, "name": name, "test_set": n, "accuracy": round(m, 4),
+                             "std": round(sd, 4), "seeds": k, "paper": paper.get((s, n), ""),
+                             "difference": round(m - paper[(s, n)], 4) if (s, n) in paper else "",
+                             "finetuned": int(ft)})
+            lines.append(f"| {number} | {name} | " + " | ".join(cells) + " |")
+    source = "its Table 2, shipped with iqals_fast" if paper_csv is None else f"from {Path(paper_csv).name}"
     note = ("\nAccuracy (%) on the pristine test set and the nine distorted ones"
-            + (" (mean ± std over seeds)" if any(v[2] > 1 for d in agg.values() for v in d.values()) else "") + ". "
-            + ("Cells: ours (paper, ours - paper)." if paper else
-               "The paper's values are not shipped with this project; pass --paper FILE.csv to compare."))
-    md = "\n".join(lines) + "\n" + note + "\n"
+            + (" (mean ± std over seeds)" if spread else "") + ". "
+            + (f"Cells: ours (paper, ours - paper); the paper's values: {source}." if paper else "")
+            + (" Rows `N ft`: IQA-LS fine-tuned from the same-seed 0-1 label run at the end of its first lr stage."
+               if tuned else ""))
+    md = "\n".join(lines) + "\n" + note.rstrip() + "\n"
     if out_dir is not None:
-        _write(out_dir, "table2.md", md)
-        _write(out_dir, "table2.csv", _csv(rows))
+        write_text(out_dir, "table2.md", md)
+        write_text(out_dir, "table2.csv", csv_text(rows))
     return md
 
 
@@ -143,12 +189,12 @@ def _cell(t: tuple[float, float, int], digits: int = 2) -> str:
     return f"{m:.{digits}f}" + (f" ± {sd:.{digits}f}" if k > 1 else "")
 
 
-def _write(out_dir, name: str, text: str) -> None:
+def write_text(out_dir, name: str, text: str) -> None:
     if out_dir is not None:
         save_text(Path(out_dir) / name, text)
 
 
-def _csv(rows: list[dict]) -> str:
+def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
@@ -211,8 +257,8 @@ def corruption_table(evals: list[dict], out_dir=None) -> str:
           "(100 = as strategy 1; lower is better). Relative mCE divides by strategy 1's own drop from clean accuracy: "
           "where that drop is small (a few tenths of a point) it is unstable and its seed-to-seed spread is large.\n"
           + "\n".join(sev) + "\n")
-    _write(out_dir, "corruptions.md", md)
-    _write(out_dir, "corruptions.csv", _csv(rows))
+    write_text(out_dir, "corruptions.md", md)
+    write_text(out_dir, "corruptions.csv", csv_text(rows))
     return md
 
 
@@ -276,6 +322,6 @@ def calibration_table(evals: list[dict], out_dir=None) -> str:
                       "std": "" if np.isnan(agg[p][s][n][1]) else round(agg[p][s][n][1], 5), "seeds": agg[p][s][n][2]}
                      for p, n in names]
         full.append("")
-    _write(out_dir, "calibration.md", "\n".join(full))
-    _write(out_dir, "calibration.csv", _csv(rows))
+    write_text(out_dir, "calibration.md", "\n".join(full))
+    write_text(out_dir, "calibration.csv", csv_text(rows))
     return summary

@@ -21,9 +21,9 @@ PACKAGE = Path(iq.__file__).resolve().parent
 ROOT = PACKAGE.parent
 
 LAYERS = [
-    {"config", "_io", "_C", "kernels", "ops"},
+    {"config", "_io", "_alloc", "_C", "kernels", "ops"},
     {"data"},
-    {"model", "train", "runs", "distributed", "metrics"},
+    {"model", "inference", "train", "step_graph", "fleet", "runs", "distributed", "metrics"},
     {"evaluate"},
     {"report", "bench", "throughput"},
     {"reproduce"},
