@@ -51,7 +51,7 @@ import torch
 from contenders import RESULTS, machine, machine_label
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RUN = ROOT / "results" / "medium" / "protocol-run" / "strategy1-seed0"
+DEFAULT_RUN = ROOT / "results" / "medium" / "runs" / "strategy1-seed0"  # checkpoint not committed: --run
 VARIANTS = ("today", "fp32", "checked", "bf16")
 """The variants measured by default; ``--extra fp32-1000 bf16-1000 ...`` adds ``<precision>-<batch>`` ones."""
 TODAY_BATCH = 1000

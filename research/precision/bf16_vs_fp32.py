@@ -30,7 +30,8 @@ for s, seed in pairs:
 
 acc = {}
 for s, seed in pairs:
-    for prec, run in (("bf16", out / f"strategy{s}-seed{seed}-bf16"), ("fp32", Path("results/runs") / f"strategy{s}-seed{seed}")):
+    runs = (("bf16", out / f"strategy{s}-seed{seed}-bf16"), ("fp32", Path("results/runs") / f"strategy{s}-seed{seed}"))
+    for prec, run in runs:
         r = json.loads((run / EVAL).read_text())["results"]
         acc[(s, seed, prec)] = {t: 100 * r[t]["accuracy"] for t in TEST_SET_NAMES}
 lines = ["| strategy | test set | fp32 seed 0 | fp32 seed 1 | fp32 seed spread | bf16 seed 0 | bf16 seed 1 | "
@@ -42,7 +43,8 @@ for s in (1, 9):
         b = [acc[(s, k, "bf16")][t] for k in (0, 1)]
         d = sum(b) / 2 - sum(f) / 2
         summary[f"{s}/{t}"] = {"fp32": f, "bf16": b, "fp32_spread": abs(f[0] - f[1]), "difference_of_means": d}
-        lines.append(f"| {s} | {t} | {f[0]:.2f} | {f[1]:.2f} | {abs(f[0] - f[1]):.2f} | {b[0]:.2f} | {b[1]:.2f} | {d:+.2f} |")
+        lines.append(f"| {s} | {t} | {f[0]:.2f} | {f[1]:.2f} | {abs(f[0] - f[1]):.2f} | {b[0]:.2f} | {b[1]:.2f} "
+                     f"| {d:+.2f} |")
 within = sum(abs(v["difference_of_means"]) <= max(v["fp32_spread"], 1.4) for v in summary.values())
 lines += ["", f"{within} of {len(summary)} cells: |bf16 mean - fp32 mean| within the fp32 seed spread or "
           "twice the binomial standard error of a difference of two 2-seed means on 5,000 images (2 x 0.70 = 1.4 "
