@@ -20,6 +20,12 @@ def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="torch device for tests that take one (cpu, cuda)")
 
 
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """A cache directory of the test's own (IQALS_CACHE), for tests that must not see another's cached data."""
+    monkeypatch.setenv("IQALS_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="session")
 def device(request):
     d = request.config.getoption("--device")

@@ -15,9 +15,7 @@ TINY = ["--strategy", "1", "--data", "synthetic", "--epochs", "1", "--train-subs
 EVAL = ["--suite", "table2", "--test-subset", "20", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("IQALS_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture(scope="module")
