@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fleet", action=argparse.BooleanOptionalAction, default=_default(reproduce, "fleet"),
                    help="train the runs together as fleets, one grouped network (default: on CUDA; on CPU one run "
                         "after another)")
+    r.add_argument("--report-only", action="store_true",
+                   help="train nothing: the report from the runs asked for that are finished (evaluated first where "
+                        "needed), listing the others")
+    r.add_argument("--compare", type=Path, default=_default(reproduce, "compare"), metavar="DIR",
+                   help="another protocol's reproduction directory (DIR/runs/strategy<N>-seed<S>, evaluated): the "
+                        "report says which of its claims this one confirms or overturns (e.g. --compare results, "
+                        "the small protocol's, beside --protocol medium)")
     r.add_argument("--no-progress", action="store_true")
 
     b = sub.add_parser("bench", help="training throughput side by side: eager, compiled, whole-step graph, fp32 / bf16, "
@@ -284,6 +291,7 @@ def _run(args, argv=None) -> int:
                         strategies=tuple(args.strategies), device=args.device, backend=args.backend,
                         paper_csv=args.paper, show_paper=args.show_paper, finetune=args.finetune,
                         progress=not args.no_progress, iqa=args.iqa, fleet=args.fleet,
+                        report_only=args.report_only, compare=args.compare,
                         command=" ".join(["iqals-fast", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])))
     elif args.command == "bench":
         res = run_bench(args.data, args.device, n=args.n, epochs=args.epochs, steps=args.steps, rounds=args.rounds,

@@ -44,11 +44,11 @@ from .evaluate import corruption_sets, evaluate, needs_eval, test_sets
 from .fleet import train_fleet
 from .ops.iqa import check_measure
 from .report import extended_reports, figure3, figure4, load_paper, table, write_report
-from .runs import CHECKPOINT, METRICS, check_device, finished, load_checkpoint
+from .runs import CHECKPOINT, METRICS, check_device, finished, load_checkpoint, read_metrics
 from .train import TrainConfig, train
 
-__all__ = ["PROTOCOLS", "ReproProtocol", "RuleVerdict", "evaluate_runs", "protocol_rule", "report_dir", "reproduce",
-           "run_name"]
+__all__ = ["PROTOCOLS", "ReproProtocol", "RuleVerdict", "compared_runs", "done", "evaluate_runs", "protocol_rule",
+           "report_dir", "reproduce", "rule_text", "run_name"]
 
 
 def run_name(strategy: int, seed: int, iqa: str = "ssim", finetune: bool = False) -> str:
@@ -178,12 +178,19 @@ def reproduce(protocol: str = DEFAULT_PROTOCOL, *, data: str = TrainConfig.data,
               seeds=(0,), strategies=tuple(STRATEGIES), device: str = TrainConfig.device,
               backend: str = TrainConfig.backend, paper_csv=None, show_paper: bool = True, progress: bool = True,
               command: str = "iqals-fast reproduce", iqa: str = TrainConfig.iqa, finetune: bool = False,
-              fleet: bool | None = None) -> Path:
+              fleet: bool | None = None, report_only: bool = False, compare: str | Path | None = None) -> Path:
+    """Train (or find finished), evaluate and report the runs asked for; the path of report.md.
+
+    ``report_only``: train nothing; the report holds the runs asked for that are finished (evaluated first
+    where their eval.json is missing or old) and lists the others. ``compare``: a reproduction directory of
+    another protocol (``DIR/runs/strategy<N>-seed<S>``, evaluated), whose claims the report sets beside these
+    (``--compare results`` for ``small`` beside ``medium``)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
     check_measure(iqa)
     p = PROTOCOLS[protocol]
     paper = load_paper(paper_csv) if show_paper else None  # a bad --paper file fails before any training
+    other = compared_runs(compare, iqa) if compare is not None else None  # and a bad --compare
     out = Path(out)
     t0 = time.perf_counter()
     ds = load(data)
@@ -195,18 +202,37 @@ def reproduce(protocol: str = DEFAULT_PROTOCOL, *, data: str = TrainConfig.data,
                            out=str(out / "runs" / run_name(s, seed, m, finetune_from is not None)), iqa=m,
                            curve_every=p.curve_every, finetune_from=finetune_from)
 
-    if fleet if fleet is not None else check_device(device).type == "cuda":  # then the loop finds them finished
-        _train_fleets([config(s, seed) for seed in seeds for s in strategies], ds, p, progress)
+    missing: list[str] = []
+
+    def get(cfg):
+        if not report_only:
+            return _train(cfg, ds, p, progress)
+        run = cfg.run_dir()
+        if done(run, p.epochs):
+            return run
+        missing.append(run.name)
+        return None
+
+    if not report_only and (fleet if fleet is not None else check_device(device).type == "cuda"):
+        _train_fleets([config(s, seed) for seed in seeds for s in strategies], ds, p, progress)  # the loop finds them
     runs, tuned = [], []
     for seed in seeds:
         for s in strategies:
-            runs.append(_train(config(s, seed), ds, p, progress))
+            runs.append(get(config(s, seed)))
         if finetune:  # the ablation: IQA-LS from its 0-1 label run's stage-1 weights (trained first if not asked for)
             for zo, ls in STRATEGY_PAIRS.values():
                 if ls in strategies:
-                    source = _train(config(zo, seed), ds, p, progress)
+                    source = get(config(zo, seed))
                     runs += [] if source in runs else [source]
-                    tuned.append(_train(config(ls, seed, finetune_from=str(source)), ds, p, progress))
+                    if source is not None or not report_only:
+                        tuned.append(get(config(ls, seed, finetune_from=str(source))))
+                    else:
+                        missing.append(run_name(ls, seed, iqa, finetune=True))
+    runs, tuned = [r for r in runs if r is not None], [r for r in tuned if r is not None]
+    missing = list(dict.fromkeys(missing))
+    if not runs:
+        raise ValueError(f"--report-only: none of the runs asked for is finished in {out / 'runs'} "
+                           f"(missing: {', '.join(missing)})")
     evaluate_runs(runs + tuned, ds, p.test_subset, device=device, backend=backend, progress=progress)
     ssim_runs = []
     if iqa != "ssim":
@@ -224,8 +250,65 @@ def reproduce(protocol: str = DEFAULT_PROTOCOL, *, data: str = TrainConfig.data,
     figure4(runs, rep, dataset=ds, device=device, show_images=False)
     extended_reports(runs, rep)
     write_report(rep, p, runs, ds, seeds, wall=time.perf_counter() - t0, command=command, iqa=iqa,
-                 ssim_runs=ssim_runs, paper=paper, finetuned_runs=tuned)
+                 ssim_runs=ssim_runs, paper=paper, finetuned_runs=tuned, rule=rule_text(p, out),
+                 compare=other, missing=missing)
     return rep / "report.md"
+
+
+def done(run: Path, epochs: int) -> bool:
+    """A run the report can hold without training: finished (its checkpoint at ``epochs``), or committed without
+    its checkpoint (metrics.jsonl reaching ``epochs`` and a current eval.json)."""
+    if finished(run, epochs):
+        return True
+    if (run / CHECKPOINT).is_file() or not (run / METRICS).is_file() or needs_eval(run, "all"):
+        return False
+    return max((r["epoch"] for r in read_metrics(run)), default=0) >= epochs
+
+
+def compared_runs(compare: str | Path, iqa: str = "ssim") -> tuple[str, list[Path]]:
+    """``(protocol name, evaluated runs)`` of the reproduction directory ``compare``, for ``--compare``: its
+    ``runs/strategy<N>-seed<S>`` (the measure's IQA-LS runs with ``iqa``) that hold an eval.json, their protocol
+    named from config.json (``PROTOCOLS`` by epochs and training subset; else the directory's name). A
+    ValueError naming the directory when it holds none."""
+    root = Path(compare)
+    runs = sorted(r for r in (root / "runs").glob("strategy*-seed*")
+                  if (r / "eval.json").is_file() and r.name == _parse_name(r.name, iqa))
+    if not runs:
+        raise ValueError(f"--compare {compare}: no evaluated runs (runs/strategy<N>-seed<S>/eval.json) in it")
+    cfg = json.loads((runs[0] / "config.json").read_text()) if (runs[0] / "config.json").is_file() else {}
+    prot = cfg.get("protocol", {})
+    name = next((n for n, q in PROTOCOLS.items()
+                 if q.epochs == prot.get("epochs") and q.train_subset == prot.get("train_subset")), root.name)
+    return name, runs
+
+
+def _parse_name(name: str, iqa: str) -> str | None:
+    """The name ``run_name`` gives a from-scratch run of the strategy and seed ``name`` starts with
+    (``strategy<N>-seed<S>``) scored with ``iqa``; None for a name of another shape."""
+    try:
+        head, seed = name.split("-")[:2]
+        s, sd = int(head.removeprefix("strategy")), int(seed.removeprefix("seed"))
+        return run_name(s, sd, iqa) if s in STRATEGIES else None
+    except ValueError:
+        return None
+
+
+def rule_text(p: ReproProtocol, out: Path) -> str:
+    """For ``medium``: what ``protocol_rule`` says of the protocol run's curve (``PROTOCOL_EVIDENCE`` in a source
+    checkout, else OUT's strategy 1 seed 0 run), with the rule itself in a sentence; else empty."""
+    if p.name != "medium":
+        return ""
+    curve = PROTOCOL_EVIDENCE if PROTOCOL_EVIDENCE.is_file() else Path(out) / "runs" / run_name(1, 0) / METRICS
+    if not curve.is_file():
+        return ""
+    try:
+        verdict = protocol_rule(curve, p)
+    except ValueError as e:
+        return f"the rule (`reproduce.protocol_rule`) could not be applied: {e}"
+    return (f"decided on strategy 1 seed 0 alone, before any IQA-LS run, by `reproduce.protocol_rule` (training "
+            f"accuracy at least {100 * MEMORISED_TRAIN_ACC:.0f}% in the last epoch, and pristine test accuracy no "
+            f"longer rising over the last third: its least-squares rise under one binomial standard error; at most "
+            f"{RULE_MAX_EPOCHS} epochs). On its evidence: {verdict}.")
 
 
 def _train(cfg: TrainConfig, ds, p: ReproProtocol, progress: bool) -> Path:

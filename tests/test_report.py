@@ -4,6 +4,7 @@ the committed results regenerate byte for byte from the committed run directorie
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from iqals_fast import config
@@ -196,3 +197,74 @@ def test_claims_on_the_papers_numbers_and_ours():
     ft = [{**evals[2], "results": {n: {"accuracy": paper[(2, n)] / 100 - 0.01} for n in SET_NAMES}, "finetuned": True}]
     extra = [r for r in claims(evals, paper, ft) if "fine-tuned" in r]
     assert len(extra) == 4 and all("| -1.00 | -1.00 |" in r for r in extra)  # strategy 3 fine-tuned = 2 minus a point
+
+
+def _eval(strategy, seed, accs, n=10_000):
+    """An eval dict with accuracy ``accs[set]`` (fraction; one number: every set) on ``n`` images."""
+    accs = accs if isinstance(accs, dict) else {s: accs for s in SET_NAMES}
+    return {"strategy": strategy, "seed": seed, "results": {s: {"accuracy": accs[s], "n": n} for s in SET_NAMES}}
+
+
+def test_label_effects_difference_spread_binomial_error_and_verdict():
+    """IQA-LS minus 0-1 labels per mixture and group: the per-seed differences, their spread (ddof 1), the binomial
+    error of a difference on n images (hand-computed), the combined error and the verdict at VERDICT_Z errors."""
+    from iqals_fast.report import VERDICT_Z, label_effects
+
+    evals = [_eval(8, 0, 0.70), _eval(9, 0, 0.74), _eval(8, 1, 0.70), _eval(9, 1, 0.72),  # +4, +2: IQA-LS ahead
+             _eval(2, 0, 0.70), _eval(3, 0, 0.705)]  # +0.5 on one seed: within error
+    rows = {(r["kind"], r["group"]): r for r in label_effects(evals)}
+    assert set(rows) == {(k, g) for k in ("all3", "blur") for g in ("pristine", "levels 1-2", "level 3")}
+    r = rows[("all3", "pristine")]
+    assert r["seeds"] == [0, 1] and r["per_seed"] == pytest.approx([4.0, 2.0]) and r["mean"] == pytest.approx(3.0)
+    assert r["spread"] == pytest.approx(np.sqrt(2.0))  # std of (4, 2), ddof 1
+    b = 100 * np.mean([np.sqrt((0.7 * 0.3 + a * (1 - a)) / 10_000) for a in (0.74, 0.72)])
+    assert r["binomial"] == pytest.approx(b)
+    assert r["error"] == pytest.approx(np.sqrt(b ** 2 + 2.0 / 2)) and r["verdict"] == "IQA-LS"
+    assert 3.0 > VERDICT_Z * r["error"]
+    blur = rows[("blur", "levels 1-2")]
+    assert blur["spread"] is None and blur["error"] == pytest.approx(blur["binomial"]) and blur["verdict"] == "within error"
+    worse = label_effects([_eval(4, 0, 0.70), _eval(5, 0, 0.60)])
+    assert {r["verdict"] for r in worse} == {"0-1"} and all(r["mean"] == pytest.approx(-10.0) for r in worse)
+    # the groups: a single kind's levels, or every kind's for all3
+    accs = {s: 0.5 for s in SET_NAMES} | {"blur3": 0.8}
+    g = {r["group"]: r["mean"] for r in label_effects([_eval(2, 0, 0.5), _eval(3, 0, accs)])}
+    assert g == pytest.approx({"pristine": 0.0, "levels 1-2": 0.0, "level 3": 30.0})
+    g = {r["group"]: r["mean"] for r in label_effects([_eval(8, 0, 0.5), _eval(9, 0, accs)])}
+    assert g == pytest.approx({"pristine": 0.0, "levels 1-2": 0.0, "level 3": 10.0})
+    assert label_effects([_eval(8, 0, 0.5), _eval(9, 1, 0.5)]) == []  # no seed in common
+    no_n = {**_eval(8, 0, 0.5), "results": {s: {"accuracy": 0.5} for s in SET_NAMES}}
+    r = label_effects([no_n, _eval(9, 0, 0.9)])[0]  # no n in eval.json: no binomial error, so no verdict
+    assert r["binomial"] is None and r["error"] is None and r["verdict"] == "within error"
+
+
+def test_verdict_section_states_the_direction_the_numbers_show():
+    from iqals_fast.report import verdict_section
+
+    better = verdict_section([_eval(8, 0, 0.70), _eval(9, 0, 0.75)])
+    assert "IQA-LS is better (2 of 2 comparisons favour IQA-LS" in better and "One seed only" in better
+    assert "| from scratch | all3 | pristine | 0 | **+5.00** | +5.00 | — |" in better
+    worse = verdict_section([_eval(8, s, 0.75) for s in (0, 1)] + [_eval(9, s, 0.70) for s in (0, 1)])
+    assert "0-1 labels are better" in worse and "all 4 per-seed differences are negative" in worse
+    assert "One seed only" not in worse and "0-1 better" in worse
+    tie = verdict_section([_eval(8, 0, 0.70), _eval(9, 0, 0.701)])
+    assert "no difference is resolved" in tie and "within error" in tie
+    ft = verdict_section([_eval(8, 0, 0.70), _eval(9, 0, 0.70)], [{**_eval(9, 0, 0.76), "finetuned": True}])
+    assert "**Verdict, IQA-LS from scratch**: on pristine" in ft and "**Verdict, IQA-LS fine-tuned from 0-1 labels**" in ft
+    assert "| fine-tuned from 0-1 labels | all3 | pristine | 0 | **+6.00** |" in ft
+    assert verdict_section([_eval(1, 0, 0.7), _eval(9, 0, 0.7)]) == ""  # no mixture with both strategies
+
+
+def test_comparison_section_confirms_or_overturns_the_other_protocols_claims():
+    from iqals_fast.report import comparison_section
+
+    small = [_eval(1, 0, 0.55), _eval(8, 0, 0.56), _eval(9, 0, 0.55)]  # IQA-LS 1 point behind
+    medium = [_eval(1, 0, 0.78), _eval(8, 0, 0.76), _eval(9, 0, 0.78)]  # 2 points ahead
+    md = comparison_section(medium, small, "small", "medium", load_paper())
+    assert "| 1 | Pristine | 55.00 | 78.00 | 55.00 | 78.00 |" in md and "(`small` 5,000, `medium` all 10,000)" in md
+    assert "| **all3**: IQA-LS beats 0-1 labels | MIX_all3 + IQA-LS − MIX_all3, pristine | +2.30 | -1.00 | +2.00 | " \
+           "overturns |" in md
+    assert "| **all3**: mixing costs on pristine | MIX_all3 − Pristine, pristine | -2.70 | +1.00 | -2.00 | overturns |" in md
+    assert "confirms the sign of 0 and overturns 5 of the 5 claim quantities" in md
+    partial = comparison_section(medium[:1], small, "small", "medium")
+    assert "| 1 | Pristine |" in partial and "does not have them yet" in partial
+    assert comparison_section([_eval(2, 0, 0.5)], small, "small", "medium") == ""

@@ -197,3 +197,50 @@ def test_reproduce_finetune_adds_rows_of_their_own(tiny, tmp_path):
     assert main([*args, "--no-paper"]) == 0
     assert (ft / "checkpoint.pt").stat().st_mtime_ns == mtime
     assert "(79.80, " not in (out / "report.md").read_text() and "| 3 ft |" in (out / "report.md").read_text()
+
+
+def test_report_only_trains_nothing_and_lists_the_missing_runs(tiny, tmp_path, capsys):
+    """--report-only: the report from the finished runs (one committed without its checkpoint counts; an unfinished
+    one does not), the others listed; nothing trained; none finished is a clear error naming OUT/runs."""
+    out = tmp_path / "rep"
+    assert main(["reproduce", "--data", "synthetic", "--out", str(out), "--strategies", "1", "8", "--no-progress"]) == 0
+    (out / "runs" / "strategy8-seed0" / "checkpoint.pt").unlink()  # as committed: config, metrics, eval
+    (out / "runs" / "strategy8-seed0" / "eval.json").unlink()
+    args = ["reproduce", "--data", "synthetic", "--out", str(out), "--strategies", "1", "8", "9", "--report-only",
+            "--no-progress"]
+    assert main(args) == 0  # strategy 8 has no eval.json and no checkpoint: not finished, not evaluable
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["strategy1-seed0", "strategy8-seed0"]
+    report = (out / "report.md").read_text()
+    assert "**Incomplete**: 2 of the runs asked for" in report and "`strategy8-seed0`, `strategy9-seed0`" in report
+    assert "| 1 | Pristine |" in report and "| 9 |" not in report
+    assert main(["reproduce", "--data", "synthetic", "--out", str(tmp_path / "none"), "--report-only",
+                 "--no-progress"]) == 2
+    assert f"none of the runs asked for is finished in {tmp_path / 'none' / 'runs'}" in capsys.readouterr().err
+
+
+def test_compare_sets_another_protocols_claims_beside(tiny, tmp_path, capsys):
+    """--compare DIR: DIR's evaluated runs, their protocol named from config.json, in a section of the report; a
+    directory without evaluated runs is refused, naming it, before any training."""
+    small = tmp_path / "small"
+    assert main(["reproduce", "--data", "synthetic", "--out", str(small), "--strategies", "1", "8", "9",
+                 "--no-progress"]) == 0
+    name, runs = R.compared_runs(small)
+    assert name == "small" and [r.name for r in runs] == ["strategy1-seed0", "strategy8-seed0", "strategy9-seed0"]
+    out = tmp_path / "other"
+    assert main(["reproduce", "--data", "synthetic", "--out", str(out), "--strategies", "1", "8", "9", "--seeds", "1",
+                 "--compare", str(small), "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    assert "## What `small` said that `small` confirms or overturns" in report
+    assert "claim quantities `small` measured" in report and "## Verdict: IQA-LS against 0-1 labels" in report
+    assert main(["reproduce", "--data", "synthetic", "--out", str(tmp_path / "x"), "--compare", str(tmp_path / "empty"),
+                 "--no-progress"]) == 2
+    assert f"--compare {tmp_path / 'empty'}: no evaluated runs" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_medium_report_states_its_rule():
+    text = R.rule_text(PROTOCOLS["medium"], "nowhere")
+    if not R.PROTOCOL_EVIDENCE.is_file():
+        pytest.skip("the protocol run's evidence (results/medium/protocol-run) is absent")
+    assert "decided on strategy 1 seed 0 alone" in text and "holds: the schedule is long enough" in text
+    assert R.rule_text(PROTOCOLS["small"], "nowhere") == ""

@@ -14,16 +14,20 @@ from .figures import (
     reliability_figure,
 )
 from .markdown import (
+    VERDICT_Z,
     binomial_line,
     calibration_lines,
     claim_quantities,
     claims,
+    comparison_section,
     curve_section,
     extended_reports,
     extended_sections,
+    label_effects,
     mean_quality,
     measure_section,
     robustness_lines,
+    verdict_section,
     write_report,
 )
 from .tables import (
@@ -49,6 +53,7 @@ from .tables import (
 __all__ = [
     "CAL_METRICS",
     "PAPER_TABLE",
+    "VERDICT_Z",
     "DISTORTED",
     "FIG4_CLASSES",
     "FIG4_SIGMAS",
@@ -59,6 +64,7 @@ __all__ = [
     "calibration_table",
     "claim_quantities",
     "claims",
+    "comparison_section",
     "confidence_ssim_figure",
     "corruption_errors",
     "corruption_figure",
@@ -73,6 +79,7 @@ __all__ = [
     "figure4",
     "finetuned_label",
     "has_extended",
+    "label_effects",
     "load_evals",
     "load_paper",
     "mean_quality",
@@ -82,6 +89,7 @@ __all__ = [
     "robustness_lines",
     "split_finetuned",
     "table",
+    "verdict_section",
     "write_report",
     "write_text",
 ]

@@ -2,7 +2,9 @@
 
 ``write_report`` lays out the protocol, data, machine and versions, Table 2 (the paper's value beside
 ours in every cell), the figures, the paper's claims computed on the paper's numbers and on ours side
-by side (``claims``), and, where every eval.json holds them, the CIFAR-10-C and calibration sections (``extended_sections``); with another IQA measure than SSIM, its comparison
+by side (``claims``), the verdict on IQA-LS against 0-1 labels with its seed spread and binomial error
+(``verdict_section``), what another protocol said that this one confirms or overturns
+(``comparison_section``), and, where every eval.json holds them, the CIFAR-10-C and calibration sections (``extended_sections``); with another IQA measure than SSIM, its comparison
 with SSIM and 0-1 labels (``measure_section``, also ``measures.md`` / ``.csv``). ``extended_reports``
 writes the tables and figures those sections show.
 """
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from .._io import save_text
-from ..config import KINDS, LEVEL_NUMBERS, PRISTINE_STRATEGY, STRATEGIES, STRATEGY_PAIRS, ReproProtocol
+from ..config import KINDS, LEVEL_NUMBERS, PRISTINE_STRATEGY, PROTOCOLS, STRATEGIES, STRATEGY_PAIRS, ReproProtocol
 from ..runs import read_metrics, versions
 from .figures import confidence_ssim_figure, corruption_figure, curve_figure, curves, reliability_figure
 from .tables import (
@@ -109,6 +111,168 @@ def claims(evals: list[dict], paper: dict | None = None, finetuned: list[dict] =
         same = "—" if t is None else "(paper 0)" if t == 0 else "yes" if np.sign(v) == np.sign(t) else "no"
         lines.append(f"| **{k}**: {c} | {q} | {num(t)} | {num(v)} | {', '.join(num(x) for x in vs)} | {same} |")
     return lines
+
+
+VERDICT_Z = 2.0
+"""A difference counts as an effect when it exceeds ``VERDICT_Z`` times its error (``label_effects``)."""
+
+GROUPS = ("pristine", "levels 1-2", "level 3")
+"""The test-set groups of the verdict: the pristine set, the mild levels (1 and 2) of the mixture's kinds, level 3."""
+
+
+def _group_sets(kind: str) -> dict[str, list[str]]:
+    kinds = [kind] if kind in KINDS else list(KINDS)
+    return {"pristine": ["pristine"], "levels 1-2": [f"{k}{lv}" for k in kinds for lv in (1, 2)],
+            "level 3": [f"{k}3" for k in kinds]}
+
+
+def label_effects(evals: list[dict]) -> list[dict]:
+    """IQA-LS minus 0-1 labels (accuracy, points) for each mixture whose two strategies have runs of the same
+    seeds, on each of ``GROUPS`` (mean accuracy over the group's sets).
+
+    Each row: ``kind``, ``group``, ``per_seed`` (the difference, seed by seed), ``mean``, ``spread`` (the
+    standard deviation of the per-seed differences, ddof 1; None with one seed), ``binomial`` (the standard
+    error a test set of ``n`` images puts on the difference: sqrt(p0 (1 - p0) / n + p1 (1 - p1) / n) per set,
+    averaged over the group's sets as if they were fully correlated, which they nearly are (the same images
+    distorted), and not reduced over seeds, which share the test images; an upper bound, since two models err
+    on many of the same images), ``error`` (sqrt(binomial^2 + spread^2 / seeds), the binomial part alone with
+    one seed) and ``verdict``: "IQA-LS" or "0-1" when ``|mean| > VERDICT_Z * error``, else "within error"."""
+    by = {(e["strategy"], e["seed"]): e for e in evals}
+    rows = []
+    for kind, (zo, ls) in STRATEGY_PAIRS.items():
+        seeds = sorted(sd for (s, sd) in by if s == zo and (ls, sd) in by)
+        if not seeds:
+            continue
+        for group, names in _group_sets(kind).items():
+            def acc(s, sd, n):
+                return by[(s, sd)]["results"][n]["accuracy"]
+
+            diffs = [100 * float(np.mean([acc(ls, sd, n) - acc(zo, sd, n) for n in names])) for sd in seeds]
+            ses = []
+            for sd in seeds:
+                per = []
+                for n in names:
+                    k = by[(zo, sd)]["results"][n].get("n")
+                    if k is None:
+                        break
+                    per.append(np.sqrt(sum(acc(s, sd, n) * (1 - acc(s, sd, n)) for s in (zo, ls)) / k))
+                if len(per) == len(names):
+                    ses.append(100 * float(np.mean(per)))
+            binomial = float(np.mean(ses)) if len(ses) == len(seeds) else None
+            spread = float(np.std(diffs, ddof=1)) if len(seeds) > 1 else None
+            mean = float(np.mean(diffs))
+            parts = [x for x in (binomial, None if spread is None else spread / np.sqrt(len(seeds))) if x is not None]
+            error = float(np.sqrt(sum(x * x for x in parts))) if parts else None
+            verdict = ("within error" if error is None or abs(mean) <= VERDICT_Z * error else
+                       "IQA-LS" if mean > 0 else "0-1")
+            rows.append({"kind": kind, "group": group, "seeds": seeds, "per_seed": diffs, "mean": mean,
+                         "spread": spread, "binomial": binomial, "error": error, "verdict": verdict})
+    return rows
+
+
+def verdict_section(evals: list[dict], finetuned: list[dict] = ()) -> str:
+    """The verdict on IQA-LS against 0-1 labels (``label_effects``): a table with each difference, its seed spread
+    and binomial error, and a paragraph in the direction the numbers show; with ``finetuned`` evals, the
+    fine-tuned runs against 0-1 labels too. Empty when no mixture has both of its strategies."""
+    sets = [("from scratch", label_effects(evals))]
+    if finetuned:
+        zero_one = [e for e in evals if not STRATEGIES[e["strategy"]].iqa_ls]
+        sets.append(("fine-tuned from 0-1 labels", label_effects(zero_one + list(finetuned))))
+    if not sets[0][1]:
+        return ""
+
+    def num(v, f="+.2f"):
+        return "—" if v is None else format(v, f)
+
+    lines = ["| IQA-LS | mixture | test sets | seeds | IQA-LS − 0-1 (points) | per seed | seed spread (std) | "
+             "binomial error | error | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, rows in sets:
+        for r in rows:
+            lines.append(f"| {label} | {r['kind']} | {r['group']} | {','.join(map(str, r['seeds']))} | "
+                         f"**{r['mean']:+.2f}** | {', '.join(f'{d:+.2f}' for d in r['per_seed'])} | "
+                         f"{num(r['spread'], '.2f')} | {num(r['binomial'], '.2f')} | {num(r['error'], '.2f')} | "
+                         f"{r['verdict'] if r['verdict'] == 'within error' else r['verdict'] + ' better'} |")
+    text = [
+        "IQA-LS minus 0-1 labels, the same mixture and seed, mean accuracy over each group of test sets. The error "
+        "combines the binomial error of a difference measured on these test images (an upper bound: it treats the "
+        "two models' mistakes as independent) with the seed spread over the square root of the number of seeds; a "
+        f"difference counts when it exceeds {VERDICT_Z:g} errors. All comparisons share the test images, so the "
+        "signs of several comparisons are not independent evidence; the seed spread is the part of the error that "
+        "training again would change.", "", *lines, ""]
+    text.append("\n\n".join(_verdict_paragraph(label, rows) for label, rows in sets))
+    return "\n".join(text) + "\n"
+
+
+def _verdict_paragraph(label: str, rows: list[dict]) -> str:
+    """One paragraph: the paper's claim (IQA-LS better by 1-4 points on pristine and mildly distorted images) and
+    level 3, judged on ``rows``, in the direction they show."""
+    out = []
+    one_seed = all(len(r["seeds"]) == 1 for r in rows)
+    for title, groups in (("pristine and mildly distorted images (the paper's claim: +1 to +4 points)",
+                           ("pristine", "levels 1-2")), ("level 3", ("level 3",))):
+        rs = [r for r in rows if r["group"] in groups]
+        if not rs:
+            continue
+        n = {v: sum(r["verdict"] == v for r in rs) for v in ("IQA-LS", "0-1", "within error")}
+        mean = float(np.mean([r["mean"] for r in rs]))
+        direction = ("IQA-LS is better" if n["IQA-LS"] and not n["0-1"] else
+                     "0-1 labels are better" if n["0-1"] and not n["IQA-LS"] else
+                     "the comparisons disagree" if n["IQA-LS"] and n["0-1"] else "no difference is resolved")
+        each = [d for r in rs for d in r["per_seed"]]
+        pos = sum(d > 0 for d in each)
+        signs = (f"all {len(each)} per-seed differences are positive" if pos == len(each) else
+                 f"all {len(each)} per-seed differences are negative" if pos == 0 and all(d < 0 for d in each) else
+                 f"{pos} of {len(each)} per-seed differences are positive")
+        out.append(f"on {title}: {direction} ({n['IQA-LS']} of {len(rs)} comparisons favour IQA-LS beyond "
+                   f"{VERDICT_Z:g} errors, {n['0-1']} favour 0-1 labels, {n['within error']} are within error; mean "
+                   f"difference {mean:+.2f} points; {signs})")
+    caveat = (" One seed only: the error holds the test set's binomial noise but not the seed-to-seed spread, so "
+              "read these effects as provisional until a second seed is in."
+              if one_seed else "")
+    return f"**Verdict, IQA-LS {label}**: " + "; ".join(out) + "." + caveat
+
+
+def comparison_section(evals: list[dict], other: list[dict], other_name: str, name: str,
+                       paper: dict | None = None) -> str:
+    """What protocol ``other_name`` (its evals ``other``) said that this one (``name``, ``evals``) confirms or
+    overturns: each strategy both hold, its pristine and mean distorted accuracy under each (mean over seeds);
+    then the paper's claims on both (``claim_quantities``), each marked "confirms" (the same sign) or
+    "overturns". Empty when they share no strategy."""
+    now, before = aggregate(evals), aggregate(other)
+    common = [s for s in now if s in before]
+    if not common:
+        return ""
+
+    def dist(a):
+        return float(np.mean([a[n][0] for n in SET_NAMES[1:]]))
+
+    lines = [f"| # | strategy | pristine, `{other_name}` | pristine, `{name}` | mean distorted, `{other_name}` | "
+             f"mean distorted, `{name}` |", "|---|---|---|---|---|---|"]
+    for s in common:
+        lines.append(f"| {s} | {STRATEGIES[s].name} | {before[s]['pristine'][0]:.2f} | {now[s]['pristine'][0]:.2f} | "
+                     f"{dist(before[s]):.2f} | {dist(now[s]):.2f} |")
+    tests = ", ".join(f"`{m}` {f'{PROTOCOLS[m].test_subset:,}' if PROTOCOLS[m].test_subset else 'all 10,000'}"
+                      for m in (other_name, name) if m in PROTOCOLS)
+    text = f"Accuracy (%), mean over each protocol's seeds, each on its own test images ({tests}).\n\n"
+    text += "\n".join(lines) + "\n"
+    ours = {(k, c, q): v for k, c, q, v in claim_quantities(now)}
+    was = {(k, c, q): v for k, c, q, v in claim_quantities(before)}
+    theirs = {(k, c, q): v for k, c, q, v in claim_quantities(paper_aggregate(paper))} if paper else {}
+    keys = [k for k in ours if k in was]
+    if not keys:
+        return text + (f"\nThe paper's claims need strategy 1 and both strategies of a mixture under both "
+                       f"protocols; `{name}` does not have them yet.\n")
+    rows = [f"| claim | quantity (points) | paper | `{other_name}` | `{name}` | `{name}` on `{other_name}` |",
+            "|---|---|---|---|---|---|"]
+    n = {"confirms": 0, "overturns": 0}
+    for key in keys:
+        a, b, t = was[key], ours[key], theirs.get(key)
+        word = "confirms" if np.sign(a) == np.sign(b) else "overturns"
+        n[word] += 1
+        rows.append(f"| **{key[0]}**: {key[1]} | {key[2]} | {'—' if t is None else f'{t:+.2f}'} | {a:+.2f} | "
+                    f"{b:+.2f} | {word} |")
+    return (text + f"\n`{name}` confirms the sign of {n['confirms']} and overturns {n['overturns']} of the "
+            f"{len(keys)} claim quantities `{other_name}` measured:\n\n" + "\n".join(rows) + "\n")
 
 
 def extended_sections(out: Path, evals: list[dict]) -> str:
@@ -282,10 +446,14 @@ def curve_section(out: Path, runs) -> str:
 
 
 def write_report(out: Path, p: ReproProtocol, runs, ds, seeds, wall: float, command: str, iqa: str = "ssim",
-                 ssim_runs=(), paper: dict | None = None, finetuned_runs=()) -> Path:
+                 ssim_runs=(), paper: dict | None = None, finetuned_runs=(), rule: str = "", compare=None,
+                 missing=()) -> Path:
     """report.md in ``out`` from the evaluated ``runs`` (from scratch) and ``finetuned_runs`` (``--finetune``),
     beside the table2.md, figures and extended tables already written there; ``paper``: the paper's numbers
-    (``load_paper``) for the claims, None for ours alone."""
+    (``load_paper``) for the claims, None for ours alone. ``rule``: the verdict of the rule that fixed the
+    protocol's length (``reproduce.protocol_rule``), shown under the protocol; ``compare``: ``(name, runs)`` of
+    another protocol, whose claims are set beside these (``comparison_section``); ``missing``: the names of the
+    runs asked for and not yet finished, listed at the top."""
     evals, tuned = load_evals(runs), load_evals(finetuned_runs)
     agg = aggregate(evals)
     train_s = sum(r["seconds"] for run in [*runs, *finetuned_runs] for r in read_metrics(run))
@@ -298,6 +466,17 @@ def write_report(out: Path, p: ReproProtocol, runs, ds, seeds, wall: float, comm
         extra = (f"\n## IQA-LS with `{iqa}` against SSIM\n\n"
                  + measure_section(evals, load_evals(ssim_runs), iqa, [r for r in runs if r.name.endswith(iqa)],
                                    ssim_runs, out))
+    missing_text = (f"\n**Incomplete**: {len(missing)} of the runs asked for are not finished yet and are not in this "
+                    "report: " + ", ".join(f"`{m}`" for m in missing) + ".\n" if missing else "")
+    rule_text = f"\nThe protocol's length: {rule}\n" if rule else ""
+    verdict = verdict_section(evals, tuned)
+    verdict_text = f"\n## Verdict: IQA-LS against 0-1 labels\n\n{verdict}" if verdict else ""
+    compare_text = ""
+    if compare is not None:
+        other_name, other_runs = compare
+        section = comparison_section(evals, load_evals(other_runs), other_name, p.name, paper)
+        if section:
+            compare_text = f"\n## What `{other_name}` said that `{p.name}` confirms or overturns\n\n{section}"
     text = f"""# Table 2 reproduction: protocol `{p.name}`{title}
 
 Produced by `{command}`.
@@ -310,7 +489,7 @@ Produced by `{command}`.
 | machine | {v['processor']} ({v['machine']}), {torch.get_num_threads()} torch threads |
 | versions | iqals_fast {v['iqals_fast']}, torch {v['torch']}, numpy {v['numpy']}, pillow {v['pillow']}, python {v['python']}, {platform.system()} |
 | training time | {train_s / 60:.1f} min in all ({len(runs) + len(tuned)} runs); this command's wall time {wall / 60:.1f} min (finished runs are not retrained) |
-
+{missing_text}{rule_text}
 ## Table 2
 
 {(out / 'table2.md').read_text()}
@@ -326,7 +505,7 @@ Produced by `{command}`.
 
 Seed-to-seed spread: {f'median std {np.median(spread):.2f} points, max {np.max(spread):.2f}' if spread else 'one seed only, so no spread measured; differences under about 1 point should not be read as effects'}.
 {binomial_line(evals)}
-{extra}{extended_sections(out, evals)}
+{verdict_text}{compare_text}{extra}{extended_sections(out, evals)}
 Each run's options, metrics per epoch and evaluation are in `{where}` (`config.json`,
 `metrics.jsonl`, `eval.json`); the checkpoints are not committed.
 """
