@@ -14,7 +14,8 @@ Suites (``config.SUITES``; the sets and their parameters are defined in ``config
 On every test set: accuracy, ECE (15 bins), NLL, Brier score, mean confidence in the predicted
 and in the true class, the Spearman correlation between true-class confidence and each image's
 SSIM (``None`` on the pristine set, where SSIM is constant), and per-bin sums for reliability
-diagrams and the confidence-against-SSIM figure (``iqals_fast/metrics.py``). Pooled over each
+diagrams and the confidence-against-SSIM figure (``iqals_fast/metrics.py``); on Table 2's sets also
+which images the run got right (``correct``, packed bits), for paired comparisons of runs. Pooled over each
 suite (and over both), the Spearman correlation of the (image, test set) pairs.
 
 Distortions of the test set are fixed: blur and JPEG are deterministic and the noise is keyed by
@@ -59,7 +60,7 @@ from .inference import (  # noqa: F401  (predict, predict_log_probs: public here
     predict,
     predict_log_probs,
 )
-from .metrics import classification_metrics, spearman
+from .metrics import classification_metrics, pack_correct, spearman
 from .ops.api import distort_and_score
 from .runs import CHECKPOINT, EVAL, RunError, check_device, data_spec, load_trained, versions
 
@@ -128,7 +129,7 @@ def _done(bar) -> None:
 
 
 def _suite(model, sets, labels, device, memo: dict, bar=None, *, batch: int, precision: str,
-           timing: dict) -> tuple[dict, dict]:
+           timing: dict, keep_correct: bool = False) -> tuple[dict, dict]:
     results, pool_conf, pool_ssim = {}, [], []
     for name, (x, s) in sets.items():
         _named(bar, f"test {name}")
@@ -139,6 +140,8 @@ def _suite(model, sets, labels, device, memo: dict, bar=None, *, batch: int, pre
         lp = memo[key]
         t1 = time.perf_counter()
         results[name] = classification_metrics(lp, labels, s)
+        if keep_correct:  # which images it got right: paired comparisons of two runs (report.label_effects)
+            results[name]["correct"] = pack_correct(lp.argmax(1) == np.asarray(labels))
         pool_conf.append(np.exp(lp[np.arange(len(labels)), labels]))
         pool_ssim.append(np.asarray(s, np.float64))
         timing["predict"] += t1 - t
@@ -284,7 +287,7 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
             t = time.perf_counter()
             s = sets if sets is not None else test_sets(ds, backend, bar, images)
             timing["distort"] += time.perf_counter() - t
-            out["results"], pools["table2"] = run_suite(s)
+            out["results"], pools["table2"] = run_suite(s, keep_correct=True)
         if do_corr:
             t = time.perf_counter()
             c = corruptions if corruptions is not None else corruption_sets(ds, backend, bar, images)

@@ -8,9 +8,14 @@
   NaN when either variable is constant.
 - ``binned``: counts, confidence sums and correct counts per bin, so that reliability diagrams and
   confidence-against-SSIM curves can be summed over test sets and seeds after the fact.
+- ``pack_correct`` / ``unpack_correct``: which test images a model got right, as text (base64 of the bits), so
+  that two models' accuracies on the same images can be compared pairwise after the fact
+  (``report.label_effects``).
 """
 
 from __future__ import annotations
+
+import base64
 
 import numpy as np
 
@@ -114,3 +119,22 @@ def classification_metrics(log_probs: np.ndarray, labels: np.ndarray, ssim: np.n
         "by_ssim": binned(ssim, true_conf, correct, SSIM_BINS),
         "n": int(len(y)),
     }
+
+
+def pack_correct(correct: np.ndarray) -> str:
+    """A boolean vector (image i right or wrong) as base64 text of its bits, ``np.packbits`` order."""
+    c = np.asarray(correct)
+    if c.ndim != 1 or c.dtype != np.bool_:
+        raise ValueError(f"correct must be a 1-d boolean vector, got {c.dtype} {c.shape}")
+    return base64.b64encode(np.packbits(c).tobytes()).decode("ascii")
+
+
+def unpack_correct(text: str, n: int) -> np.ndarray:
+    """``pack_correct``'s inverse for ``n`` images; a ValueError when ``text`` does not hold ``n`` bits."""
+    try:
+        raw = np.frombuffer(base64.b64decode(text, validate=True), np.uint8)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"not a packed vector of correct predictions: {e}") from None
+    if len(raw) != (n + 7) // 8 or (n % 8 and raw[-1] & ((1 << (8 - n % 8)) - 1)):
+        raise ValueError(f"a packed vector of {len(raw)} bytes does not hold {n} predictions")
+    return np.unpackbits(raw, count=n).astype(bool)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from iqals_fast import evaluate as evaluate_module
 from iqals_fast.cli import main
-from iqals_fast.config import CORRUPTION_SETS, TEST_SETS
+from iqals_fast.config import CORRUPTION_SETS, TEST_SET_NAMES, TEST_SETS
 from iqals_fast.data.sources import synthetic
 from iqals_fast.evaluate import EVAL_BATCH, MIN_ROWS, distorted, evaluate, predict_log_probs
 from iqals_fast.inference import CHECK_MARGIN, default_eval_precision
@@ -144,6 +144,23 @@ def test_eval_json_records_the_precision_and_batch_and_fp32_results_do_not_depen
     for part in ("results", "corruptions", "pooled"):
         assert after[part] == before[part] and saved[part] == before[part], part
     assert set(saved["timing"]) == {"distort", "predict", "metrics"}
+
+
+def test_eval_json_records_which_images_each_table2_set_got_right(run):
+    """``correct`` (packed bits) on Table 2's sets, agreeing with the accuracy and with the model's predictions."""
+    from iqals_fast.evaluate import test_sets
+    from iqals_fast.metrics import unpack_correct
+
+    saved = json.loads((run / EVAL).read_text())
+    n = saved["n_test"]
+    for name in TEST_SET_NAMES:
+        r = saved["results"][name]
+        assert unpack_correct(r["correct"], n).mean() == pytest.approx(r["accuracy"], abs=1e-12), name
+    assert all("correct" not in r for r in saved["corruptions"].values())  # Table 2's sets only
+    model, _, _ = load_trained(run, "cpu")
+    x, _ = test_sets(DS)["blur2"]
+    pred = predict_log_probs(model, x, "cpu", EVAL_BATCH, saved["precision"]).argmax(1)
+    np.testing.assert_array_equal(unpack_correct(saved["results"]["blur2"]["correct"], n), pred == DS.test_y)
 
 
 def test_bf16_evaluation_agrees_with_fp32_within_bf16_rounding(run):

@@ -12,8 +12,10 @@ from iqals_fast.metrics import (
     classification_metrics,
     ece,
     nll,
+    pack_correct,
     rankdata,
     spearman,
+    unpack_correct,
 )
 
 
@@ -92,3 +94,21 @@ def test_classification_metrics_record():
     assert sum(m["by_ssim"]["correct"]) == int(np.sum(p.argmax(1) == y))
     assert m["mean_confidence"] >= m["mean_true_class_confidence"]
     assert classification_metrics(lp, y, np.ones(400))["spearman_true_conf_ssim"] is None
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 10_000])
+def test_pack_correct_round_trips_and_refuses_the_wrong_length(n):
+    c = np.random.default_rng(n).random(n) < 0.7
+    text = pack_correct(c)
+    assert isinstance(text, str) and len(text) == 4 * -(-((n + 7) // 8) // 3)
+    np.testing.assert_array_equal(unpack_correct(text, n), c)
+    with pytest.raises(ValueError, match="does not hold"):
+        unpack_correct(text, n + 8)
+    if n % 8:  # padding bits set: the text is not one of n predictions
+        with pytest.raises(ValueError, match="does not hold"):
+            unpack_correct(pack_correct(np.ones(n + 1, bool)), n) if (n + 1) % 8 else unpack_correct(
+                pack_correct(np.ones(n, bool)), n - 1)
+    with pytest.raises(ValueError, match="not a packed vector"):
+        unpack_correct("not base64!", n)
+    with pytest.raises(ValueError, match="1-d boolean"):
+        pack_correct(c.astype(np.int8))

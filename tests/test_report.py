@@ -268,3 +268,44 @@ def test_comparison_section_confirms_or_overturns_the_other_protocols_claims():
     partial = comparison_section(medium[:1], small, "small", "medium")
     assert "| 1 | Pristine |" in partial and "does not have them yet" in partial
     assert comparison_section([_eval(2, 0, 0.5)], small, "small", "medium") == ""
+
+
+def test_label_effects_paired_error_from_the_images_each_run_got_right():
+    """With ``correct`` in every eval.json: the paired standard error of the mean difference (each image's
+    difference averaged over the group's sets and the seeds, std / sqrt(n), computed here directly), well under
+    the unpaired bound when the runs err on mostly the same images; without it (or on other test images) the
+    unpaired bound."""
+    from iqals_fast.metrics import pack_correct
+    from iqals_fast.report import label_effects
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    hard = rng.random(n)  # an image's difficulty, shared by both runs: their mistakes correlate
+
+    def ev(strategy, seed, skill):
+        right = {s: hard < skill - 0.05 * i + 0.03 * rng.standard_normal(n) for i, s in enumerate(SET_NAMES)}
+        return {"strategy": strategy, "seed": seed, "test_checksum": "t", "results": {
+            s: {"accuracy": float(c.mean()), "n": n, "correct": pack_correct(c)} for s, c in right.items()}}
+
+    evals = [ev(8, 0, 0.70), ev(9, 0, 0.72), ev(8, 1, 0.70), ev(9, 1, 0.71)]
+    rows = {r["group"]: r for r in label_effects(evals)}
+    lv = rows["levels 1-2"]
+    names = [f"{k}{v}" for k in KINDS for v in (1, 2)]
+    from iqals_fast.metrics import unpack_correct
+
+    def c(e, s):
+        return unpack_correct(e["results"][s]["correct"], n).astype(float)
+
+    d = np.mean([[c(ls, s) - c(zo, s) for s in names] for zo, ls in ((evals[0], evals[1]), (evals[2], evals[3]))],
+                axis=(0, 1))
+    assert lv["paired"] and lv["binomial"] == pytest.approx(100 * d.std(ddof=1) / np.sqrt(n))
+    assert lv["mean"] == pytest.approx(100 * d.mean())
+    unpaired = [{**e, "results": {s: {k: v for k, v in r.items() if k != "correct"} for s, r in e["results"].items()}}
+                for e in evals]
+    bound = {r["group"]: r for r in label_effects(unpaired)}["levels 1-2"]
+    assert not bound["paired"] and bound["mean"] == pytest.approx(lv["mean"]) and lv["binomial"] < 0.5 * bound["binomial"]
+    other_images = [{**evals[0], "test_checksum": "u"}, *evals[1:]]
+    assert not {r["group"]: r for r in label_effects(other_images)}["levels 1-2"]["paired"]
+    from iqals_fast.report import verdict_section
+
+    assert "the unpaired bound" in verdict_section(unpaired) and "the unpaired bound" not in verdict_section(evals)

@@ -19,6 +19,7 @@ import torch
 
 from .._io import save_text
 from ..config import KINDS, LEVEL_NUMBERS, PRISTINE_STRATEGY, PROTOCOLS, STRATEGIES, STRATEGY_PAIRS, ReproProtocol
+from ..metrics import unpack_correct
 from ..runs import read_metrics, versions
 from .figures import confidence_ssim_figure, corruption_figure, curve_figure, curves, reliability_figure
 from .tables import (
@@ -130,13 +131,20 @@ def label_effects(evals: list[dict]) -> list[dict]:
     """IQA-LS minus 0-1 labels (accuracy, points) for each mixture whose two strategies have runs of the same
     seeds, on each of ``GROUPS`` (mean accuracy over the group's sets).
 
-    Each row: ``kind``, ``group``, ``per_seed`` (the difference, seed by seed), ``mean``, ``spread`` (the
-    standard deviation of the per-seed differences, ddof 1; None with one seed), ``binomial`` (the standard
-    error a test set of ``n`` images puts on the difference: sqrt(p0 (1 - p0) / n + p1 (1 - p1) / n) per set,
-    averaged over the group's sets as if they were fully correlated, which they nearly are (the same images
-    distorted), and not reduced over seeds, which share the test images; an upper bound, since two models err
-    on many of the same images), ``error`` (sqrt(binomial^2 + spread^2 / seeds), the binomial part alone with
-    one seed) and ``verdict``: "IQA-LS" or "0-1" when ``|mean| > VERDICT_Z * error``, else "within error"."""
+    Each row: ``kind``, ``group``, ``seeds``, ``per_seed`` (the difference, seed by seed), ``mean``, ``spread``
+    (the standard deviation of the per-seed differences, ddof 1; None with one seed), ``binomial`` (the error
+    the finite test set puts on ``mean``), ``paired``, ``error`` (sqrt(binomial^2 + spread^2 / seeds); the
+    binomial part alone with one seed) and ``verdict``: "IQA-LS" or "0-1" when ``|mean| > VERDICT_Z * error``,
+    else "within error".
+
+    ``binomial``, ``paired`` True: where every eval.json records which images each run got right (``correct``)
+    on the same test images, the exact paired standard error: d_i, image i's right-minus-wrong difference
+    averaged over the group's sets and the seeds, has mean ``mean`` and standard error std(d) / sqrt(n). It
+    counts only the images the two runs disagree on and the correlation between the group's sets (the same
+    images distorted). ``paired`` False (older eval.json): the unpaired bound, sqrt(p0 (1 - p0) / n +
+    p1 (1 - p1) / n) per set, averaged over the group's sets as if fully correlated and not reduced over
+    seeds, which share the test images; larger than the paired error, since two models err on many of the
+    same images."""
     by = {(e["strategy"], e["seed"]): e for e in evals}
     rows = []
     for kind, (zo, ls) in STRATEGY_PAIRS.items():
@@ -148,17 +156,9 @@ def label_effects(evals: list[dict]) -> list[dict]:
                 return by[(s, sd)]["results"][n]["accuracy"]
 
             diffs = [100 * float(np.mean([acc(ls, sd, n) - acc(zo, sd, n) for n in names])) for sd in seeds]
-            ses = []
-            for sd in seeds:
-                per = []
-                for n in names:
-                    k = by[(zo, sd)]["results"][n].get("n")
-                    if k is None:
-                        break
-                    per.append(np.sqrt(sum(acc(s, sd, n) * (1 - acc(s, sd, n)) for s in (zo, ls)) / k))
-                if len(per) == len(names):
-                    ses.append(100 * float(np.mean(per)))
-            binomial = float(np.mean(ses)) if len(ses) == len(seeds) else None
+            pairs = [by[(s, sd)] for sd in seeds for s in (zo, ls)]
+            paired = _paired_se(pairs, names)
+            binomial = paired if paired is not None else _unpaired_se(pairs, names, seeds)
             spread = float(np.std(diffs, ddof=1)) if len(seeds) > 1 else None
             mean = float(np.mean(diffs))
             parts = [x for x in (binomial, None if spread is None else spread / np.sqrt(len(seeds))) if x is not None]
@@ -166,8 +166,42 @@ def label_effects(evals: list[dict]) -> list[dict]:
             verdict = ("within error" if error is None or abs(mean) <= VERDICT_Z * error else
                        "IQA-LS" if mean > 0 else "0-1")
             rows.append({"kind": kind, "group": group, "seeds": seeds, "per_seed": diffs, "mean": mean,
-                         "spread": spread, "binomial": binomial, "error": error, "verdict": verdict})
+                         "spread": spread, "binomial": binomial, "paired": paired is not None, "error": error,
+                         "verdict": verdict})
     return rows
+
+
+def _paired_se(pairs: list[dict], names: list[str]) -> float | None:
+    """The paired standard error (points) of the mean IQA-LS-minus-0-1 difference over ``names`` and the seeds:
+    ``pairs`` = [0-1 eval, IQA-LS eval] seed by seed; None unless all record ``correct`` on the same images."""
+    res = [e["results"][n] for e in pairs for n in names]
+    if any("correct" not in r or "n" not in r for r in res) or len({e.get("test_checksum") for e in pairs}) != 1:
+        return None
+    n = res[0]["n"]
+    if any(r["n"] != n for r in res) or n < 2:
+        return None
+    d = np.zeros(n)
+    for zo, ls in zip(pairs[::2], pairs[1::2]):
+        for name in names:
+            d += (unpack_correct(ls["results"][name]["correct"], n).astype(np.float64)
+                  - unpack_correct(zo["results"][name]["correct"], n))
+    d /= len(names) * len(pairs) // 2
+    return 100 * float(np.std(d, ddof=1) / np.sqrt(n))
+
+
+def _unpaired_se(pairs: list[dict], names: list[str], seeds) -> float | None:
+    """The unpaired bound (``label_effects``), mean over seeds; None where an eval.json lacks ``n``."""
+    ses = []
+    for zo, ls in zip(pairs[::2], pairs[1::2]):
+        per = []
+        for name in names:
+            k = zo["results"][name].get("n")
+            if k is None:
+                return None
+            per.append(np.sqrt(sum(e["results"][name]["accuracy"] * (1 - e["results"][name]["accuracy"])
+                                   for e in (zo, ls)) / k))
+        ses.append(100 * float(np.mean(per)))
+    return float(np.mean(ses))
 
 
 def verdict_section(evals: list[dict], finetuned: list[dict] = ()) -> str:
@@ -190,15 +224,20 @@ def verdict_section(evals: list[dict], finetuned: list[dict] = ()) -> str:
         for r in rows:
             lines.append(f"| {label} | {r['kind']} | {r['group']} | {','.join(map(str, r['seeds']))} | "
                          f"**{r['mean']:+.2f}** | {', '.join(f'{d:+.2f}' for d in r['per_seed'])} | "
-                         f"{num(r['spread'], '.2f')} | {num(r['binomial'], '.2f')} | {num(r['error'], '.2f')} | "
+                         f"{num(r['spread'], '.2f')} | {num(r['binomial'], '.2f')}{'' if r['paired'] else ' *'} | "
+                         f"{num(r['error'], '.2f')} | "
                          f"{r['verdict'] if r['verdict'] == 'within error' else r['verdict'] + ' better'} |")
+    unpaired = any(not r["paired"] for _, rows in sets for r in rows)
     text = [
         "IQA-LS minus 0-1 labels, the same mixture and seed, mean accuracy over each group of test sets. The error "
-        "combines the binomial error of a difference measured on these test images (an upper bound: it treats the "
-        "two models' mistakes as independent) with the seed spread over the square root of the number of seeds; a "
-        f"difference counts when it exceeds {VERDICT_Z:g} errors. All comparisons share the test images, so the "
-        "signs of several comparisons are not independent evidence; the seed spread is the part of the error that "
-        "training again would change.", "", *lines, ""]
+        "combines the binomial error of that difference on these test images (paired: from the images the two runs "
+        "disagree on, as eval.json records which each got right) with the seed spread over the square root of the "
+        f"number of seeds; a difference counts when it exceeds {VERDICT_Z:g} errors. All comparisons share the test "
+        "images, so the signs of several comparisons are not independent evidence; the seed spread is the part of "
+        "the error that training again would change."
+        + (" \\* the unpaired bound: these eval.json files do not record which images each run got right, so the "
+           "error treats the two runs' mistakes as independent, an overestimate." if unpaired else ""),
+        "", *lines, ""]
     text.append("\n\n".join(_verdict_paragraph(label, rows) for label, rows in sets))
     return "\n".join(text) + "\n"
 
