@@ -1,6 +1,8 @@
 """``iqals-fast reproduce`` end to end on a tiny protocol: resumable, reproducible, a complete report."""
 
 import json
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +246,39 @@ def test_the_medium_report_states_its_rule():
         pytest.skip("the protocol run's evidence (results/medium/protocol-run) is absent")
     assert "decided on strategy 1 seed 0 alone" in text and "holds: the schedule is long enough" in text
     assert R.rule_text(PROTOCOLS["small"], "nowhere") == ""
+
+
+MEDIUM = Path(__file__).resolve().parents[1] / "results" / "medium"
+MEDIUM_COMMAND = ["reproduce", "--protocol", "medium", "--data", "../shared/data/cifar10-jpeg.tar.gz", "--out",
+                  "results/medium", "--seeds", "0", "1", "--finetune", "--report-only", "--compare", "results"]
+"""How results/medium/report.md is written (README, results/medium/README.md)."""
+
+
+def _without_header(text: str) -> list[str]:
+    """report.md without the lines that name the machine, versions, data path, command and times."""
+    drop = ("Produced by", "| machine", "| versions", "| data", "| training time")
+    return [line for line in text.splitlines() if not line.startswith(drop)]
+
+
+def test_the_committed_medium_report_regenerates(monkeypatch, tmp_path):
+    """``MEDIUM_COMMAND`` on the committed medium runs (config.json, metrics.jsonl, eval.json: what a clone holds):
+    report.md as committed but for its header's machine, versions and times, and Table 2 byte for byte. The
+    dataset is not needed (every run is evaluated); Figure 4, which draws from it, is left out."""
+    if not (MEDIUM / "report.md").is_file():
+        pytest.skip("results/medium/report.md is absent")
+    import shutil
+
+    for run in (MEDIUM / "runs").iterdir():
+        if (run / "eval.json").is_file():
+            (tmp_path / "runs" / run.name).mkdir(parents=True)
+            for f in ("config.json", "metrics.jsonl", "eval.json"):
+                shutil.copy(run / f, tmp_path / "runs" / run.name / f)
+    monkeypatch.setattr(R, "load", lambda data: types.SimpleNamespace(source=data, checksum="sha"))
+    monkeypatch.setattr(R, "figure4", lambda *a, **k: None)
+    i = MEDIUM_COMMAND.index("--out")
+    cmd = [*MEDIUM_COMMAND[:i + 1], str(tmp_path), *MEDIUM_COMMAND[i + 2:]]
+    cmd[cmd.index("--compare") + 1] = str(MEDIUM.parent)
+    assert main([*cmd, "--no-progress"]) == 0
+    assert _without_header((tmp_path / "report.md").read_text()) == _without_header((MEDIUM / "report.md").read_text())
+    for f in ("table2.md", "table2.csv"):
+        assert (tmp_path / f).read_bytes() == (MEDIUM / f).read_bytes(), f
