@@ -241,13 +241,20 @@ def test_verdict_section_states_the_direction_the_numbers_show():
     from iqals_fast.report import verdict_section
 
     better = verdict_section([_eval(8, 0, 0.70), _eval(9, 0, 0.75)])
-    assert "IQA-LS is better (2 of 2 comparisons favour IQA-LS" in better and "One seed only" in better
+    assert "IQA-LS is better in every comparison (2 of 2 comparisons favour IQA-LS" in better and "One seed only" in better
     assert "| from scratch | all3 | pristine | 0 | **+5.00** | +5.00 | — |" in better
     worse = verdict_section([_eval(8, s, 0.75) for s in (0, 1)] + [_eval(9, s, 0.70) for s in (0, 1)])
-    assert "0-1 labels are better" in worse and "all 4 per-seed differences are negative" in worse
+    assert "0-1 labels are better in every comparison" in worse and "all 4 per-seed differences are negative" in worse
     assert "One seed only" not in worse and "0-1 better" in worse
     tie = verdict_section([_eval(8, 0, 0.70), _eval(9, 0, 0.701)])
     assert "no difference is resolved" in tie and "within error" in tie
+    accs = {n: 0.70 for n in SET_NAMES} | {"blur3": 0.90, "noise3": 0.90, "jpeg3": 0.90}
+    mixed = verdict_section([_eval(8, 0, 0.70), _eval(9, 0, accs)])
+    assert "no difference is resolved (0 of 2" in mixed
+    assert "level 3: IQA-LS is better in every comparison (1 of 1 comparison favours" in mixed
+    accs = {n: 0.70 for n in SET_NAMES} | {"pristine": 0.75}
+    split = verdict_section([_eval(8, 0, 0.70), _eval(9, 0, accs)])
+    assert "IQA-LS better on all3 pristine; within error on all3 levels 1-2 (1 of 2" in split
     ft = verdict_section([_eval(8, 0, 0.70), _eval(9, 0, 0.70)], [{**_eval(9, 0, 0.76), "finetuned": True}])
     assert "**Verdict, IQA-LS from scratch**: on pristine" in ft and "**Verdict, IQA-LS fine-tuned from 0-1 labels**" in ft
     assert "| fine-tuned from 0-1 labels | all3 | pristine | 0 | **+6.00** |" in ft

@@ -254,17 +254,23 @@ def _verdict_paragraph(label: str, rows: list[dict]) -> str:
             continue
         n = {v: sum(r["verdict"] == v for r in rs) for v in ("IQA-LS", "0-1", "within error")}
         mean = float(np.mean([r["mean"] for r in rs]))
-        direction = ("IQA-LS is better" if n["IQA-LS"] and not n["0-1"] else
-                     "0-1 labels are better" if n["0-1"] and not n["IQA-LS"] else
-                     "the comparisons disagree" if n["IQA-LS"] and n["0-1"] else "no difference is resolved")
+        where = {v: ", ".join(f"{r['kind']} {r['group']}" for r in rs if r["verdict"] == v) for v in n}
+        direction = ("IQA-LS is better in every comparison" if n["IQA-LS"] == len(rs) else
+                     "0-1 labels are better in every comparison" if n["0-1"] == len(rs) else
+                     "no difference is resolved" if n["within error"] == len(rs) else
+                     "; ".join(f"{label} on {where[v]}" for v, label in (
+                         ("IQA-LS", "IQA-LS better"), ("0-1", "0-1 labels better"), ("within error", "within error"))
+                         if where[v]))
         each = [d for r in rs for d in r["per_seed"]]
         pos = sum(d > 0 for d in each)
-        signs = (f"all {len(each)} per-seed differences are positive" if pos == len(each) else
-                 f"all {len(each)} per-seed differences are negative" if pos == 0 and all(d < 0 for d in each) else
-                 f"{pos} of {len(each)} per-seed differences are positive")
-        out.append(f"on {title}: {direction} ({n['IQA-LS']} of {len(rs)} comparisons favour IQA-LS beyond "
-                   f"{VERDICT_Z:g} errors, {n['0-1']} favour 0-1 labels, {n['within error']} are within error; mean "
-                   f"difference {mean:+.2f} points; {signs})")
+        every = "the" if len(each) == 1 else f"all {len(each)}"
+        signs = (f"{every} per-seed difference{'s are' if len(each) > 1 else ' is'} positive" if pos == len(each) else
+                 f"{every} per-seed difference{'s are' if len(each) > 1 else ' is'} negative"
+                 if pos == 0 and all(d < 0 for d in each) else f"{pos} of {len(each)} per-seed differences are positive")
+        out.append(f"on {title}: {direction} ({n['IQA-LS']} of {len(rs)} comparison{'s' * (len(rs) > 1)} "
+                   f"favour{'s' * (len(rs) == 1)} IQA-LS beyond {VERDICT_Z:g} errors, {n['0-1']} favour"
+                   f"{'s' * (n['0-1'] == 1)} 0-1 labels, {n['within error']} {'is' if n['within error'] == 1 else 'are'} "
+                   f"within error; mean difference {mean:+.2f} points; {signs})")
     caveat = (" One seed only: the error holds the test set's binomial noise but not the seed-to-seed spread, so "
               "read these effects as provisional until a second seed is in."
               if one_seed else "")
