@@ -215,6 +215,12 @@ def test_set_name(kind: str, level: int) -> str:
 TEST_SET_NAMES: tuple[str, ...] = tuple(test_set_name(k, lvl) for k, lvl in TEST_SETS)
 """``pristine``, ``blur1`` ... ``jpeg3``: Table 2's columns."""
 
+FIG4_SIGMAS = tuple(round(0.25 * i, 2) for i in range(9))
+"""Figure 4's blur sigmas (0: the pristine image) ..."""
+FIG4_CLASSES = (0, 1, 2, 3)
+"""... on the first test image of each of these classes: the model's confidence in the true class (eval.json's
+``figure4``)."""
+
 SEVERITIES = (1, 2, 3, 4, 5)
 CORRUPTIONS: dict[str, tuple[str, tuple]] = {
     # CIFAR-10-C name: (our distortion kind, parameter at severities 1-5 in our ops' units)

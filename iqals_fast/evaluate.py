@@ -40,6 +40,8 @@ from .config import (
     CORRUPTION_SETS,
     CORRUPTIONS,
     DEFAULT_SUITE,
+    FIG4_CLASSES,
+    FIG4_SIGMAS,
     KINDS,
     LEVELS,
     SEVERITIES,
@@ -61,7 +63,7 @@ from .inference import (  # noqa: F401  (predict, predict_log_probs: public here
     predict_log_probs,
 )
 from .metrics import classification_metrics, pack_correct, spearman
-from .ops.api import distort_and_score
+from .ops.api import distort, distort_and_score
 from .runs import CHECKPOINT, EVAL, RunError, check_device, data_spec, load_trained, versions
 
 EVAL_VERSION = 2
@@ -100,6 +102,25 @@ SET_SPECS: dict[str, tuple[str, object]] = {
 }
 """Every test set's (kind, parameter). Equal specs are the same images: CIFAR-10-C's blur 0.7 and 1.0 and
 noise 0.01 are Table 2's blur1, blur2 and noise2."""
+
+
+def figure4_picks(ds: Dataset) -> list[int]:
+    """Figure 4's test images: the first of each class in ``FIG4_CLASSES`` that the test set holds."""
+    return [int(np.flatnonzero(ds.test_y == c)[0]) for c in FIG4_CLASSES if (ds.test_y == c).any()]
+
+
+def figure4_confidence(model, ds: Dataset, device="cpu") -> dict:
+    """Figure 4's numbers (eval.json's ``figure4``): ``model``'s confidence in the true class (fp32) of the
+    ``figure4_picks`` test images, blurred at each of ``FIG4_SIGMAS`` (0: pristine); ``confidence`` images x
+    sigmas. Recorded at evaluation, so that the figure redraws without the checkpoint."""
+    picks = figure4_picks(ds)
+    imgs, ys = ds.test_x[picks], ds.test_y[picks]
+    conf = []
+    for sg in FIG4_SIGMAS:
+        x = imgs if sg == 0 else distort(imgs, "blur", param=float(sg))
+        conf.append(predict(model, x, device)[np.arange(len(ys)), ys])
+    return {"picks": picks, "sigmas": list(FIG4_SIGMAS),
+            "confidence": np.stack(conf, 1).astype(np.float64).round(6).tolist() if picks else []}
 
 
 def distorted(images: np.ndarray, kind: str, param, backend: str = "auto", memo: dict | None = None
@@ -298,6 +319,7 @@ def evaluate(run: Path, *, data: str | None = None, device: str = "cpu", backend
     if len(pools) == 2:
         both = {k: np.concatenate([pools["table2"][k], pools["corruptions"][k]]) for k in ("conf", "ssim")}
         out["pooled"]["all"] = {"spearman_true_conf_ssim": _rho(both), "n": int(len(both["conf"]))}
+    out["figure4"] = figure4_confidence(model, ds, device)
     out["versions"] = versions()
     out["seconds"] = time.perf_counter() - t0
     out["timing"] = timing

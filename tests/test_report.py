@@ -197,6 +197,14 @@ def test_claims_on_the_papers_numbers_and_ours():
     ft = [{**evals[2], "results": {n: {"accuracy": paper[(2, n)] / 100 - 0.01} for n in SET_NAMES}, "finetuned": True}]
     extra = [r for r in claims(evals, paper, ft) if "fine-tuned" in r]
     assert len(extra) == 4 and all("| -1.00 | -1.00 |" in r for r in extra)  # strategy 3 fine-tuned = 2 minus a point
+    # a second seed without its fine-tuned run: no evidence on fine-tuning (—), and the mean stays seed 0's, not a
+    # mix of seed 1's from-scratch IQA-LS run and the other seeds' 0-1 label runs
+    seed1 = [{**e, "seed": 1, "results": {n: {"accuracy": paper[(e["strategy"], n)] / 100 + 0.05} for n in SET_NAMES}}
+             for e in evals if e["strategy"] in (1, 2)] + [
+        {**e, "seed": 1, "results": {n: {"accuracy": paper[(e["strategy"], n)] / 100 - 0.03} for n in SET_NAMES}}
+        for e in evals if e["strategy"] not in (1, 2)]
+    extra = [r for r in claims(evals + seed1, paper, ft) if "fine-tuned" in r]
+    assert len(extra) == 4 and all("| -1.00 | -1.00, — |" in r for r in extra), extra
 
 
 def _eval(strategy, seed, accs, n=10_000):

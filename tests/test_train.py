@@ -85,6 +85,35 @@ def test_reports(tmp_path):
         assert f.stat().st_size > 10_000 and f.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_figure4_redraws_from_eval_json_without_checkpoints(tmp_path, capsys):
+    """eval.json records Figure 4's confidences (those the checkpoint gives); the figure redraws from them once the
+    checkpoint is gone (committed runs keep none), leaves out and names a strategy with neither, and with no
+    strategy to draw writes nothing."""
+    from iqals_fast.config import FIG4_CLASSES, FIG4_SIGMAS
+    from iqals_fast.evaluate import figure4_confidence
+    from iqals_fast.runs import load_model
+
+    runs = [train(cfg(tmp_path, f"s{s}", strategy=s, epochs=1), dataset=DS, progress=False) for s in (1, 2)]
+    for r in runs:
+        rec = evaluate(r, dataset=DS, suite="table2")["figure4"]
+        assert rec["picks"] == [int(np.flatnonzero(DS.test_y == c)[0]) for c in FIG4_CLASSES]
+        assert rec["sigmas"] == list(FIG4_SIGMAS) and np.shape(rec["confidence"]) == (4, len(FIG4_SIGMAS))
+        direct = figure4_confidence(load_model(r, "cpu")[0], DS)["confidence"]
+        np.testing.assert_allclose(rec["confidence"], direct, atol=1e-5)
+    first = figure4(runs, tmp_path / "a", dataset=DS).read_bytes()
+    for r in runs:
+        (r / "checkpoint.pt").unlink()
+    assert figure4(runs, tmp_path / "b", dataset=DS).read_bytes() == first  # the same figure, from eval.json alone
+    e = json.loads((runs[1] / "eval.json").read_text())
+    del e["figure4"]
+    (runs[1] / "eval.json").write_text(json.dumps(e))
+    capsys.readouterr()
+    assert figure4(runs, tmp_path / "c", dataset=DS).is_file()
+    assert "Figure 4 leaves out strategies 2" in capsys.readouterr().out
+    assert figure4(runs[1:], tmp_path / "b", dataset=DS) is None  # nothing to draw: the earlier figure stays
+    assert "Figure 4 not drawn" in capsys.readouterr().out and (tmp_path / "b" / "figure4.png").read_bytes() == first
+
+
 def test_eval_is_reproducible(tmp_path):
     r = train(cfg(tmp_path, "e", epochs=1), dataset=DS, progress=False)
     a = evaluate(r, dataset=DS)["results"]

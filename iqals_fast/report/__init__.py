@@ -2,9 +2,8 @@
 ``figures`` (Figures 3 and 4, reliability, confidence against SSIM, CIFAR-10-C: PNG) and ``markdown``
 (the reproduction report, ``report.md``)."""
 
+from ..config import FIG4_CLASSES, FIG4_SIGMAS
 from .figures import (
-    FIG4_CLASSES,
-    FIG4_SIGMAS,
     confidence_ssim_figure,
     corruption_figure,
     curve_figure,

@@ -8,12 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write_bytes
-from ..config import CORRUPTION_SETS, CORRUPTIONS, KINDS, PRISTINE_STRATEGY, SEVERITIES, STRATEGIES, STRATEGY_PAIRS
+from ..config import (
+    CORRUPTION_SETS,
+    CORRUPTIONS,
+    FIG4_SIGMAS,
+    KINDS,
+    PRISTINE_STRATEGY,
+    SEVERITIES,
+    STRATEGIES,
+    STRATEGY_PAIRS,
+)
 from ..data.sources import load
-from ..evaluate import predict
+from ..evaluate import figure4_confidence, figure4_picks
 from ..metrics import ECE_BINS, SSIM_BINS, ece_from_bins
-from ..ops.api import distort
-from ..runs import METRICS, data_spec, load_model, load_run_config, read_metrics
+from ..runs import CHECKPOINT, EVAL, METRICS, data_spec, load_model, load_run_config, read_metrics
 from .tables import DISTORTED, SET_NAMES, aggregate, load_evals
 
 
@@ -66,34 +74,47 @@ def figure3(runs, out: Path) -> Path:
     return path
 
 
-FIG4_SIGMAS = tuple(np.round(np.arange(0.0, 2.01, 0.25), 2))
-FIG4_CLASSES = (0, 1, 2, 3)
 """Figure 4 shows the first test image of each of these classes (fixed in advance, not chosen on results)."""
 
 
 def figure4(runs, out: Path, *, data: str | None = None, device: str = "cpu", dataset=None,
-            show_images: bool = True) -> Path:
+            show_images: bool = True) -> Path | None:
     """The model's confidence in the true class of a few test images as Gaussian blur grows.
 
+    Each strategy's curve comes from its first run that has it: the ``figure4`` record of its eval.json (on the
+    same test images), else its checkpoint. A strategy with neither (a committed run evaluated before eval.json
+    recorded it, whose checkpoint is not committed) is left out and named in the figure's title. With no
+    strategy to draw, nothing is written (an earlier figure4.png stays, and a note says so) and None is returned.
     ``show_images=False`` leaves the images out (titles only), for reports that must not carry a
     dataset's pixels."""
     plt = _plt()
     runs = [Path(r) for r in runs]
-    by_strategy = {}
-    for r in runs:  # one run per strategy (the first given) is enough for a per-image figure
-        by_strategy.setdefault(load_run_config(r)["strategy"], r)
+    by_strategy: dict[int, list[Path]] = {}
+    for r in runs:
+        by_strategy.setdefault(load_run_config(r)["strategy"], []).append(r)
     cfg0 = load_run_config(runs[0])
     ds = dataset if dataset is not None else load(data or data_spec(cfg0))
-    picks = [int(np.flatnonzero(ds.test_y == c)[0]) for c in FIG4_CLASSES if (ds.test_y == c).any()]
+    picks = figure4_picks(ds)
     imgs, ys = ds.test_x[picks], ds.test_y[picks]
-    series = {}
-    for s, r in sorted(by_strategy.items()):
-        model, _ = load_model(r, device)
-        conf = []
-        for sg in FIG4_SIGMAS:
-            x = imgs if sg == 0 else distort(imgs, "blur", param=float(sg))
-            conf.append(predict(model, x, device)[np.arange(len(ys)), ys])
-        series[s] = np.stack(conf, 1)  # images x sigmas
+    series, missing = {}, []
+    for s, rs in sorted(by_strategy.items()):
+        for r in rs:
+            rec = _figure4_record(r, ds, picks)
+            if rec is not None:
+                series[s] = rec
+                break
+            if (r / CHECKPOINT).is_file():
+                series[s] = np.asarray(figure4_confidence(load_model(r, device)[0], ds, device)["confidence"])
+                break
+        else:
+            missing.append(s)
+    if not series:
+        print(f"note: Figure 4 not drawn: no run of strategies {', '.join(map(str, missing))} has its checkpoint or "
+              f"a figure4 record in eval.json")
+        return None
+    if missing:
+        print(f"note: Figure 4 leaves out strategies {', '.join(map(str, missing))}: no run of theirs has its "
+              "checkpoint or a figure4 record in eval.json")
     rows = 2 if show_images else 1
     fig, axes = plt.subplots(rows, len(picks), figsize=(3.2 * len(picks), 6.2 if show_images else 3.8),
                              gridspec_kw={"height_ratios": [1, 1.4]} if show_images else None, squeeze=False)
@@ -113,11 +134,31 @@ def figure4(runs, out: Path, *, data: str | None = None, device: str = "cpu", da
         axes[-1, j].grid(alpha=0.3)
     axes[-1, 0].set_ylabel("confidence in the true class")
     axes[-1, -1].legend(fontsize=7, loc="upper right")
-    fig.suptitle("Figure 4: confidence in the true class as blur grows")
+    title = "Figure 4: confidence in the true class as blur grows"
+    if missing:
+        title += f"\n(strategies {', '.join(map(str, missing))} not drawn: neither checkpoint nor figure4 record)"
+    fig.suptitle(title)
     path = Path(out) / "figure4.png"
     _save_fig(fig, path)
     plt.close(fig)
     return path
+
+
+def _figure4_record(run: Path, ds, picks: list[int]) -> np.ndarray | None:
+    """The ``figure4`` confidences of ``run``'s eval.json (images x sigmas), where measured on ``ds``'s test images
+    at these picks and sigmas; else None."""
+    try:
+        import json
+
+        e = json.loads((run / EVAL).read_text())
+    except (OSError, ValueError):
+        return None
+    rec = e.get("figure4") if isinstance(e, dict) else None
+    if (not isinstance(rec, dict) or e.get("test_checksum") != ds.checksum or e.get("n_test") != len(ds.test_y)
+            or rec.get("picks") != picks or rec.get("sigmas") != list(FIG4_SIGMAS)):
+        return None
+    conf = np.asarray(rec.get("confidence"), np.float64)
+    return conf if conf.shape == (len(picks), len(FIG4_SIGMAS)) else None
 
 
 def _sum_bins(evals: list[dict], strategy: int, field: str, sets) -> dict[str, np.ndarray]:

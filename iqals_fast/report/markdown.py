@@ -80,7 +80,8 @@ def claim_quantities(agg: dict) -> list[tuple[str, str, str, float]]:
 def claims(evals: list[dict], paper: dict | None = None, finetuned: list[dict] = ()) -> list[str]:
     """The paper's claims computed on the paper's numbers and on ours side by side (a Markdown table): ours as
     the mean over seeds and per seed, and whether ours has the paper's sign. With ``finetuned`` evals, the
-    IQA-LS comparisons once more with the fine-tuned runs in place of the from-scratch ones."""
+    IQA-LS comparisons once more with the fine-tuned runs in place of the from-scratch ones, on the seeds that have
+    a fine-tuned run (per seed: — for the others)."""
     seeds = sorted({e["seed"] for e in evals})
 
     def quantities(es, ft=()):
@@ -94,13 +95,19 @@ def claims(evals: list[dict], paper: dict | None = None, finetuned: list[dict] =
     theirs = {(k, c, q): v for k, c, q, v in claim_quantities(paper_aggregate(paper))} if paper else {}
     rows = [(key, key, v, [quantities([e for e in evals if e["seed"] == sd]).get(key) for sd in seeds])
             for key, v in ours.items()]
-    tuned = {e["strategy"] for e in finetuned}
-    if tuned:
-        ft = quantities(evals, finetuned)
+    for kind, (_, ls) in STRATEGY_PAIRS.items():
+        # each fine-tuned mixture only on the seeds it was fine-tuned on: a seed without its fine-tuned run is no
+        # evidence about fine-tuning (and must not stand in for it with the from-scratch run)
+        mine = [e for e in finetuned if e["strategy"] == ls]
+        ft_seeds = sorted({e["seed"] for e in mine})
+        if not ft_seeds:
+            continue
+        base = [e for e in evals if e["seed"] in ft_seeds]
+        by_seed = {sd: quantities([e for e in base if e["seed"] == sd], [e for e in mine if e["seed"] == sd])
+                   for sd in ft_seeds}
         rows += [((k, "IQA-LS fine-tuned from 0-1 labels beats 0-1 labels", q), (k, c, q), v,
-                  [quantities([e for e in evals if e["seed"] == sd], [e for e in finetuned if e["seed"] == sd]).get(
-                      (k, c, q)) for sd in seeds])
-                 for (k, c, q), v in ft.items() if c == LABELS_CLAIM and STRATEGY_PAIRS[k][1] in tuned]
+                  [by_seed[sd].get((k, c, q)) if sd in by_seed else None for sd in seeds])
+                 for (k, c, q), v in quantities(base, mine).items() if c == LABELS_CLAIM and k == kind]
 
     def num(v):
         return "—" if v is None else f"{v:+.2f}"
