@@ -207,6 +207,21 @@ def test_claims_on_the_papers_numbers_and_ours():
     assert len(extra) == 4 and all("| -1.00 | -1.00, — |" in r for r in extra), extra
 
 
+def test_claims_pair_seeds_where_strategies_have_different_seeds():
+    """Strategy 1 on seeds 0 and 1, the blur pair on seed 0 alone: each claim is seed 0's difference (not seed 0's
+    blur runs against strategy 1's mean over both seeds); with no seed in common, the unpaired difference, marked."""
+    from iqals_fast.report import paired_claim_quantities
+
+    evals = [_eval(1, 0, 0.70), _eval(1, 1, 0.60), _eval(2, 0, 0.75), _eval(3, 0, 0.77)]
+    row = next(r for r in claims(evals) if "mixing costs on pristine" in r)
+    assert "| +5.00 | +5.00, — |" in row  # 75 - 70 on seed 0; the unpaired mean would say 75 - 65 = +10
+    assert paired_claim_quantities(evals)[("blur", "mixing costs on pristine", "MIX_blur − Pristine, pristine")] == \
+        pytest.approx(5.0)
+    apart = [_eval(1, 1, 0.60), _eval(2, 0, 0.75), _eval(3, 0, 0.77)]
+    row = next(r for r in claims(apart) if "mixing costs on pristine" in r)
+    assert "| +15.00 (unpaired) | —, — |" in row
+
+
 def _eval(strategy, seed, accs, n=10_000):
     """An eval dict with accuracy ``accs[set]`` (fraction; one number: every set) on ``n`` images."""
     accs = accs if isinstance(accs, dict) else {s: accs for s in SET_NAMES}

@@ -137,7 +137,7 @@ def figure4(runs, out: Path, *, data: str | None = None, device: str = "cpu", da
     title = "Figure 4: confidence in the true class as blur grows"
     if missing:
         title += f"\n(strategies {', '.join(map(str, missing))} not drawn: neither checkpoint nor figure4 record)"
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.08 if missing else 0.98)
     path = Path(out) / "figure4.png"
     _save_fig(fig, path)
     plt.close(fig)

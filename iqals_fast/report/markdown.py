@@ -77,11 +77,26 @@ def claim_quantities(agg: dict) -> list[tuple[str, str, str, float]]:
     return out
 
 
+def paired_claim_quantities(evals: list[dict]) -> dict[tuple[str, str, str], float]:
+    """``claim_quantities`` on our runs, each the mean of its per-seed values over the seeds that hold every run
+    it needs (a difference within a seed: a strategy with more seeds than another does not shift it); where no
+    seed holds them all, the difference of each strategy's mean over its own seeds."""
+    seeds = sorted({e["seed"] for e in evals})
+    per = [{(k, c, q): v for k, c, q, v in claim_quantities(aggregate([e for e in evals if e["seed"] == sd]))}
+           for sd in seeds]
+    out = {}
+    for k, c, q, v in claim_quantities(aggregate(evals)):
+        vals = [p[(k, c, q)] for p in per if (k, c, q) in p]
+        out[(k, c, q)] = float(np.mean(vals)) if vals else v
+    return out
+
+
 def claims(evals: list[dict], paper: dict | None = None, finetuned: list[dict] = ()) -> list[str]:
-    """The paper's claims computed on the paper's numbers and on ours side by side (a Markdown table): ours as
-    the mean over seeds and per seed, and whether ours has the paper's sign. With ``finetuned`` evals, the
-    IQA-LS comparisons once more with the fine-tuned runs in place of the from-scratch ones, on the seeds that have
-    a fine-tuned run (per seed: — for the others)."""
+    """The paper's claims computed on the paper's numbers and on ours side by side (a Markdown table): ours per
+    seed and their mean (over the seeds holding every run the quantity needs; where none does, the difference of
+    each strategy's mean over its seeds, marked "unpaired"), and whether ours has the paper's sign. With
+    ``finetuned`` evals, the IQA-LS comparisons once more with the fine-tuned runs in place of the from-scratch
+    ones, on the seeds that have a fine-tuned run (per seed: — for the others)."""
     seeds = sorted({e["seed"] for e in evals})
 
     def quantities(es, ft=()):
@@ -115,9 +130,12 @@ def claims(evals: list[dict], paper: dict | None = None, finetuned: list[dict] =
     lines = ["| claim | quantity (points) | paper | ours | ours per seed (" + ", ".join(map(str, seeds))
              + ") | sign as the paper's |", "|---|---|---|---|---|---|"]
     for (k, c, q), key, v, vs in rows:
+        paired = [x for x in vs if x is not None]
+        v = float(np.mean(paired)) if paired else v
         t = theirs.get(key)
         same = "—" if t is None else "(paper 0)" if t == 0 else "yes" if np.sign(v) == np.sign(t) else "no"
-        lines.append(f"| **{k}**: {c} | {q} | {num(t)} | {num(v)} | {', '.join(num(x) for x in vs)} | {same} |")
+        lines.append(f"| **{k}**: {c} | {q} | {num(t)} | {num(v)}{'' if paired else ' (unpaired)'} | "
+                     f"{', '.join(num(x) for x in vs)} | {same} |")
     return lines
 
 
@@ -288,7 +306,7 @@ def comparison_section(evals: list[dict], other: list[dict], other_name: str, na
                        paper: dict | None = None) -> str:
     """What protocol ``other_name`` (its evals ``other``) said that this one (``name``, ``evals``) confirms or
     overturns: each strategy both hold, its pristine and mean distorted accuracy under each (mean over seeds);
-    then the paper's claims on both (``claim_quantities``), each marked "confirms" (the same sign) or
+    then the paper's claims on both (``paired_claim_quantities``), each marked "confirms" (the same sign) or
     "overturns". Empty when they share no strategy."""
     now, before = aggregate(evals), aggregate(other)
     common = [s for s in now if s in before]
@@ -307,8 +325,7 @@ def comparison_section(evals: list[dict], other: list[dict], other_name: str, na
                       for m in (other_name, name) if m in PROTOCOLS)
     text = f"Accuracy (%), mean over each protocol's seeds, each on its own test images ({tests}).\n\n"
     text += "\n".join(lines) + "\n"
-    ours = {(k, c, q): v for k, c, q, v in claim_quantities(now)}
-    was = {(k, c, q): v for k, c, q, v in claim_quantities(before)}
+    ours, was = paired_claim_quantities(evals), paired_claim_quantities(other)
     theirs = {(k, c, q): v for k, c, q, v in claim_quantities(paper_aggregate(paper))} if paper else {}
     keys = [k for k in ours if k in was]
     if not keys:
