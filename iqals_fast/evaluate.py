@@ -114,13 +114,15 @@ def figure4_confidence(model, ds: Dataset, device="cpu") -> dict:
     ``figure4_picks`` test images, blurred at each of ``FIG4_SIGMAS`` (0: pristine); ``confidence`` images x
     sigmas. Recorded at evaluation, so that the figure redraws without the checkpoint."""
     picks = figure4_picks(ds)
+    if not picks:
+        return {"picks": [], "sigmas": list(FIG4_SIGMAS), "confidence": []}
     imgs, ys = ds.test_x[picks], ds.test_y[picks]
     conf = []
     for sg in FIG4_SIGMAS:
         x = imgs if sg == 0 else distort(imgs, "blur", param=float(sg))
         conf.append(predict(model, x, device)[np.arange(len(ys)), ys])
-    return {"picks": picks, "sigmas": list(FIG4_SIGMAS),
-            "confidence": np.stack(conf, 1).astype(np.float64).round(6).tolist() if picks else []}
+    conf = np.stack(conf, 1).astype(np.float64).round(6)
+    return {"picks": picks, "sigmas": list(FIG4_SIGMAS), "confidence": conf.tolist()}
 
 
 def distorted(images: np.ndarray, kind: str, param, backend: str = "auto", memo: dict | None = None
