@@ -101,6 +101,20 @@ def _evaluated(path, strategy=1, seed=0, acc=0.5, accs=None, finetune_from=None)
     return path
 
 
+def test_trained_on_counts_each_runs_processor(tmp_path):
+    import json
+
+    from iqals_fast.report.markdown import trained_on
+
+    runs = []
+    for i, cpu in enumerate(["Xeon", "EPYC", "Xeon", None]):
+        r = _evaluated(tmp_path / f"r{i}", finetune_from="x")
+        cfg = json.loads((r / "config.json").read_text())
+        (r / "config.json").write_text(json.dumps({**cfg, "versions": {"processor": cpu}}))
+        runs.append(r)
+    assert trained_on(runs[:3], runs[3:]) == "Xeon (2 runs), EPYC (1 run), an unrecorded processor (1 run)"
+
+
 def test_table_counts_a_run_given_twice_once(tmp_path, capsys):
     r = _evaluated(tmp_path / "runs" / "a")
     once = table([r], out_dir=tmp_path / "once")

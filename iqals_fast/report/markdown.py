@@ -20,7 +20,7 @@ import torch
 from .._io import save_text
 from ..config import KINDS, LEVEL_NUMBERS, PRISTINE_STRATEGY, PROTOCOLS, STRATEGIES, STRATEGY_PAIRS, ReproProtocol
 from ..metrics import unpack_correct
-from ..runs import read_metrics, versions
+from ..runs import load_run_config, read_metrics, versions
 from .figures import confidence_ssim_figure, corruption_figure, curve_figure, curves, reliability_figure
 from .tables import (
     SET_NAMES,
@@ -514,6 +514,15 @@ def curve_section(out: Path, runs) -> str:
             "`metrics.jsonl` logs them:\n\n![Training curves](curves.png)\n\n" + "\n".join(lines) + "\n")
 
 
+def trained_on(*run_lists) -> str:
+    """The processors the runs were trained on (their config.json's ``versions``), with how many runs each."""
+    n: dict[str, int] = {}
+    for r in (r for rs in run_lists for r in rs):
+        cpu = load_run_config(r).get("versions", {}).get("processor") or "an unrecorded processor"
+        n[cpu] = n.get(cpu, 0) + 1
+    return ", ".join(f"{cpu} ({k} run{'s' * (k != 1)})" for cpu, k in n.items()) or "—"
+
+
 def write_report(out: Path, p: ReproProtocol, runs, ds, seeds, wall: float, command: str, iqa: str = "ssim",
                  ssim_runs=(), paper: dict | None = None, finetuned_runs=(), rule: str = "", compare=None,
                  missing=()) -> Path:
@@ -555,7 +564,7 @@ Produced by `{command}`.
 | protocol | {p.epochs} epochs, training subset {p.train_subset or 'all'} images, lr 0.1 x0.1 every {p.lr_step_epochs or 'paper-scaled'} epochs, batch 100, test subset {p.test_subset or 'all 10,000'} images |
 | data | {ds.source}, sha256 {ds.checksum} |
 | seeds | {', '.join(map(str, seeds))} |
-| machine | {v['processor']} ({v['machine']}), {torch.get_num_threads()} torch threads |
+| machine | written on {v['processor']} ({v['machine']}), {torch.get_num_threads()} torch threads; the runs trained on {trained_on(runs, finetuned_runs)} |
 | versions | iqals_fast {v['iqals_fast']}, torch {v['torch']}, numpy {v['numpy']}, pillow {v['pillow']}, python {v['python']}, {platform.system()} |
 | training time | {train_s / 60:.1f} min in all ({len(runs) + len(tuned)} runs); this command's wall time {wall / 60:.1f} min (finished runs are not retrained) |
 {missing_text}{rule_text}
