@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -148,8 +149,6 @@ def _figure4_record(run: Path, ds, picks: list[int]) -> np.ndarray | None:
     """The ``figure4`` confidences of ``run``'s eval.json (images x sigmas), where measured on ``ds``'s test images
     at these picks and sigmas; else None."""
     try:
-        import json
-
         e = json.loads((run / EVAL).read_text())
     except (OSError, ValueError):
         return None
