@@ -26,8 +26,11 @@ CUDA_ALL_KINDS = {(32, 32), (33, 47)}
 """Triton on CUDA, where each tile geometry and mode compiles anew: single tiles (16 and 32 padded),
 tiles along one axis and both axes with halos (64 x 64: the larger-tile path), every kind on a single
 tile and on tiles with halos, blur + noise on the others."""
-BYTES_VS_REFERENCE = {"cpu": dict(max_fraction=1e-3, at_least=2), "triton": dict(max_fraction=1e-4)}
-"""Generated images: the fraction of bytes one level off the reference's (the C++ kernels: or at most 2)."""
+BYTES_VS_REFERENCE = {"cpu": dict(max_fraction=1e-3, at_least=2), "triton": dict(max_fraction=1e-4, at_least=2)}
+"""Generated images: the fraction of bytes one level off the reference's, or at most 2 of them: the
+interpreter runs 2 images, so an 11 x 11 case has 726 bytes and one boundary byte is already 1.4e-3.
+(Triton 3.9's interpreter, blur 1.0 + noise 0.01 on 11 x 11: one byte 165 where the float32 reference
+has 166; its float64 value is 165.49998, so Triton's byte is the correctly rounded one.)"""
 FUSED_EQUALS_ALONE = {"torch", "cpu"}
 """Backends whose fused score is bit for bit their SSIM alone of the same bytes."""
 
