@@ -7,7 +7,9 @@ largest block freed so far, but an equal request is still at the threshold, so t
 every step, and every page of them faults in again. Smaller blocks come from the heap, whose top glibc
 trims (returns to the OS) once more than ``M_TRIM_THRESHOLD`` bytes are free there. Measured on the
 2-core CPU, one thread, batch 100, channels_last (bench/train_precision.py): 6,000-8,200 minor faults
-and 15 ms of system time a step (fp32 at 2 threads, bf16 at 1 and 2), 0-240 with these settings.
+and 15 ms of system time a step (fp32 at 2 threads, bf16 at 1 and 2), 0-240 with these settings. How
+often glibc's default maps them depends on the order of the process's first frees: from one process to the
+next the same bf16 step measured 80 to 8,200 faults a step.
 
 :func:`keep_freed_memory` sets, once for the process: no block from ``mmap`` (``M_MMAP_MAX`` 0; the
 threshold cannot be raised above 32 MiB, less than a CPU fleet's or a 250-image evaluation batch's
