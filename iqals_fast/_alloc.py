@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
+M_MMAP_THRESHOLD = -3  # not set here: the heap test's control holds it fixed
 M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2**31 - 1  # the largest int mallopt takes: never trim
 

@@ -206,7 +206,7 @@ FAULTS = textwrap.dedent("""
     if sys.argv[1] == "kept":
         assert _alloc.keep_freed_memory()
     elif sys.argv[1] == "mapped":  # glibc's starting threshold, held fixed (a fixed M_MMAP_THRESHOLD stops its growth)
-        assert _alloc._mallopt()(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        assert _alloc._mallopt()(_alloc.M_MMAP_THRESHOLD, 128 * 1024)
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (100, 32, 32, 3), dtype=torch.uint8, generator=g)
