@@ -199,37 +199,19 @@ def make_fleet_step(fleet: FleetCNN, opt: torch.optim.Optimizer, loss_fn, cfgs: 
                     device: torch.device):
     """One SGD step of every run of the fleet: ``step(x_u8 K x N x H x W x 3 uint8, labels K x N int64, on_true
     K x N float32) -> (loss per run K, correct per run K)``, both detached: train.make_step's contract, per run,
-    and its paths: the whole-step graph (``cfg.graph``, on by default on CUDA: ``step_graph.optimizer_step``, a
-    compiled forward inside), else ``opt.step()`` after the backward, compiled as ``cfg.speed`` says."""
+    and its paths (``step_graph.training_step``: the per-run losses and counts travel as the step's stats)."""
     cfg = cfgs[0]
     forward = make_fleet_forward(fleet, loss_fn, cfg, device)
-    compiled = cfg.speed(device)[0]
-    if step_graph.graph_enabled(cfg, device):
 
-        def packed(x_u8, labels, on_true):  # the graph's (loss, correct) contract: the per-run figures as "correct"
-            loss, per_run, correct = forward(x_u8, labels, on_true)
-            return loss, torch.stack([per_run, correct.to(per_run.dtype)])  # counts <= batch size: exact in float32
+    def packed(x_u8, labels, on_true):  # the step's (loss, stats) contract: the per-run figures as its stats
+        loss, per_run, correct = forward(x_u8, labels, on_true)
+        return loss, torch.stack([per_run, correct.to(per_run.dtype)])  # counts <= batch size: exact in float32
 
-        graphed = step_graph.optimizer_step(torch.compile(packed, dynamic=False) if compiled else packed, opt, device,
-                                            capture=device.type == "cuda")
-
-        def graph_step(x_u8, labels, on_true):
-            _, stats = graphed(x_u8, labels, on_true)
-            return stats[0], stats[1].long()
-
-        return graph_step
-    cudagraphs = compiled and device.type == "cuda"
-    if compiled:
-        forward = torch.compile(forward, mode="reduce-overhead" if cudagraphs else None, dynamic=False)
+    inner = step_graph.training_step(packed, opt, cfg, device)
 
     def step(x_u8, labels, on_true):
-        if cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        loss, per_run, correct = forward(x_u8, labels, on_true)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return per_run.detach().clone(), correct.clone()
+        _, stats = inner(x_u8, labels, on_true)
+        return stats[0], stats[1].long()
 
     return step
 

@@ -27,6 +27,9 @@ With ``torch.compile`` the forward is compiled by inductor without its own CUDA 
 cannot nest inside a manual capture) and captured inside this graph: the graph removes the launch
 overhead, inductor's fusions remove kernels from it. Not under DistributedDataParallel: its gradient
 all-reduce hooks run in ``backward()``, which ``torch.autograd.grad`` bypasses.
+
+``training_step`` is the one place that picks between this graph and the plain ``opt.step()`` path for
+``train`` and ``fleet``.
 """
 
 from __future__ import annotations
@@ -169,6 +172,35 @@ def optimizer_step(forward: Callable, opt: torch.optim.Optimizer, device: torch.
             lr.fill_(rate)
             current = rate
         return inner(x_u8, labels, on_true)
+
+    return step
+
+
+def training_step(forward: Callable, opt: torch.optim.Optimizer, cfg, device: torch.device, world_size: int = 1) -> Step:
+    """One SGD step over ``forward(x_u8, labels, on_true) -> (loss, stats)``: ``step(...) -> (loss, stats)``,
+    both detached, by the path ``cfg`` asks for on ``device``. With the whole-step graph (``graph_enabled``)
+    ``optimizer_step``, the forward compiled inside it by inductor without its own CUDA graphs (they cannot nest
+    in the manual capture); otherwise ``opt.step()`` after ``loss.backward()``, the forward compiled as
+    ``cfg.speed`` says, on CUDA replayed as a CUDA graph ("reduce-overhead", since a batch of 100 is
+    launch-bound). ``train.make_step`` and ``fleet.make_fleet_step`` both build their step here."""
+    device = torch.device(device)
+    compiled = cfg.speed(device)[0]
+    if graph_enabled(cfg, device, world_size):
+        if compiled:
+            forward = torch.compile(forward, dynamic=False)
+        return optimizer_step(forward, opt, device, capture=device.type == "cuda")
+    cudagraphs = compiled and device.type == "cuda"
+    if compiled:
+        forward = torch.compile(forward, mode="reduce-overhead" if cudagraphs else None, dynamic=False)
+
+    def step(x_u8, labels, on_true):
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, stats = forward(x_u8, labels, on_true)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach().clone(), stats.clone()
 
     return step
 

@@ -182,39 +182,19 @@ def make_step(model: PaperCNN, opt: torch.optim.Optimizer, loss_fn, cfg: TrainCo
               w: World):
     """One SGD step on a batch of uint8 images: forward (make_forward), backward, update.
 
-    Returns ``step(x_u8, labels, on_true) -> (loss, number correct)``, both detached. With
-    compilation (``cfg.speed``) the forward and loss are one ``torch.compile`` graph (AOTAutograd compiles the
-    backward too; the fused loss and the LRN kernels are custom ops inside it, not graph breaks). With the
-    whole-step graph (``cfg.graph``, on by default on CUDA) forward, backward and the SGD update are one
-    CUDA graph (``step_graph.optimizer_step``; on CPU the same function, eagerly), a compiled forward
-    captured inside it; otherwise ``opt.step()`` after the backward, on CUDA the compiled graph replayed as a
-    CUDA graph ("reduce-overhead"), since a batch of 100 is launch-bound.
+    Returns ``step(x_u8, labels, on_true) -> (loss, number correct)``, both detached, built by
+    ``step_graph.training_step`` on the path ``cfg`` asks for. With compilation (``cfg.speed``) the forward and
+    loss are one ``torch.compile`` graph (AOTAutograd compiles the backward too; the fused loss and the LRN
+    kernels are custom ops inside it, not graph breaks). With the whole-step graph (``cfg.graph``, on by default
+    on CUDA) forward, backward and the SGD update are one CUDA graph (on CPU the same function, eagerly);
+    otherwise ``opt.step()`` after the backward, on CUDA the compiled graph replayed as a CUDA graph.
     """
     net = model
     if w.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = make_forward(net, loss_fn, cfg, device)
-    compiled = cfg.speed(device)[0]
-    if step_graph.graph_enabled(cfg, device, w.size):
-        if compiled:  # inductor's kernels, without its own CUDA graphs: they cannot nest in the manual capture
-            forward = torch.compile(forward, dynamic=False)
-        return step_graph.optimizer_step(forward, opt, device, capture=device.type == "cuda")
-    cudagraphs = compiled and device.type == "cuda"
-    if compiled:
-        forward = torch.compile(forward, mode="reduce-overhead" if cudagraphs else None, dynamic=False)
-
-    def step(x_u8, labels, on_true):
-        if cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        loss, correct = forward(x_u8, labels, on_true)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach().clone(), correct.clone()
-
-    return step
+    return step_graph.training_step(make_forward(net, loss_fn, cfg, device), opt, cfg, device, w.size)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, dataset: Dataset | None = None, progress: bool = True,
