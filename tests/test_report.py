@@ -1,6 +1,7 @@
 """report/ (tables, figures, the reproduction report's Markdown) and the constants it reads from config:
 the committed results regenerate byte for byte from the committed run directories."""
 
+import json
 import types
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from iqals_fast.report import (
     claim_quantities,
     claims,
     corruption_table,
+    curve_figure,
+    curve_panels,
     extended_reports,
     figure3,
     load_evals,
@@ -189,6 +192,26 @@ def test_finetuned_runs_are_rows_of_their_own(tmp_path):
     md = table([scratch, tuned], show_paper=False)
     assert "| 3 | MIX_blur + IQA-LS | 50.00 | 51.00 |" in md  # not averaged with the fine-tuned run
     assert "| 3 ft | MIX_blur + IQA-LS, fine-tuned from 2 | 60.00 | 61.00 |" in md and "Rows `N ft`" in md
+
+
+def test_training_curves_one_panel_per_strategy_a_colour_per_seed_and_variant(tmp_path):
+    def run(name, strategy, acc, curve=True):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"strategy": strategy, "data": "synthetic", "epochs": 2, "seed": 0,
+                                                   "strategy_name": "x", "dataset": {"checksum": "c", "classes": []}}))
+        rows = [{"epoch": e, "train_acc": acc, **({"test_acc": acc, "train_conf_true": acc} if curve else {})}
+                for e in (1, 2)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return d
+
+    runs = [run("strategy9-seed1-finetune", 9, 0.3), run("strategy9-seed0", 9, 0.2), run("strategy1-seed0", 1, 0.1),
+            run("strategy8-seed0", 8, 0.4, curve=False)]
+    panels = curve_panels(runs)
+    assert list(panels) == [1, 9]  # strategy 8 logged no curve
+    assert [v for v, _ in panels[9]] == ["seed0", "seed1-finetune"] and panels[9][1][1][0]["test_acc"] == 0.3
+    assert curve_figure(runs, tmp_path).read_bytes()[:4] == b"\x89PNG"
+    assert curve_figure(runs[3:], tmp_path / "none") is None
 
 
 def test_claims_on_the_papers_numbers_and_ours():

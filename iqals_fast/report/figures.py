@@ -274,27 +274,55 @@ def curves(runs) -> dict[str, list[dict]]:
     return out
 
 
+def curve_panels(runs) -> dict[int, list[tuple[str, list[dict]]]]:
+    """``curves`` by strategy (each run's config.json): strategy -> [(the run's name after ``strategy<N>-``, e.g.
+    ``seed1-finetune``, its curve rows)], sorted by that name."""
+    data, panels = curves(runs), {}
+    for r in runs:
+        if Path(r).name in data:
+            s = load_run_config(r)["strategy"]
+            panels.setdefault(s, []).append((Path(r).name.removeprefix(f"strategy{s}-"), data[Path(r).name]))
+    return {s: sorted(rs, key=lambda x: x[0]) for s, rs in sorted(panels.items())}
+
+
 def curve_figure(runs, out: Path) -> Path | None:
-    """The training curves (``curves.png``): pristine test accuracy, training accuracy and mean true-class
-    confidence on the training images against the epoch, one colour per run; None when no run logged a curve."""
-    data = curves(runs)
-    if not data:
+    """The training curves (``curves.png``): one panel per strategy (its config.json's), holding each of its runs
+    (a colour per seed and variant: the run name after ``strategy<N>-``): pristine test accuracy (solid), training
+    accuracy (dashed) and mean true-class confidence on the training images, in percent (dotted), against the
+    epoch; None when no run logged a curve."""
+    by_strategy = curve_panels(runs)
+    if not by_strategy:
         return None
+    variants = sorted({v for rs in by_strategy.values() for v, _ in rs})
+    colour = {v: f"C{i % 10}" for i, v in enumerate(variants)}
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for i, (name, rows) in enumerate(sorted(data.items())):
-        colour, ep = f"C{i % 10}", [m["epoch"] for m in rows]
-        axes[0].plot(ep, [100 * m["test_acc"] for m in rows], "-", color=colour, label=f"{name}, test (pristine)")
-        axes[0].plot(ep, [100 * m["train_acc"] for m in rows], "--", color=colour, label=f"{name}, training")
-        axes[1].plot(ep, [m["train_conf_true"] for m in rows], "-", color=colour, label=name)
-    axes[0].set_ylabel("accuracy (%)")
-    axes[1].set_ylabel("mean true-class confidence, training images")
-    for ax in axes:
-        ax.set_xlabel("epoch")
+    n = len(by_strategy)
+    cols = min(3, n)
+    rows_ = -(-n // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.1 * rows_), sharex=True, sharey=True, squeeze=False)
+    for ax, (s, rs) in zip(axes.flat, by_strategy.items()):
+        for v, rows in rs:
+            ep = [m["epoch"] for m in rows]
+            ax.plot(ep, [100 * m["test_acc"] for m in rows], "-", color=colour[v])
+            ax.plot(ep, [100 * m["train_acc"] for m in rows], "--", color=colour[v])
+            ax.plot(ep, [100 * m["train_conf_true"] for m in rows], ":", color=colour[v])
+        ax.set_title(f"{s}: {STRATEGIES[s].name}", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
-    axes[1].legend(fontsize=6)
-    fig.tight_layout()
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("%")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colour[v], label=v) for v in variants] + [
+        Line2D([], [], color="0.3", linestyle=ls, label=what)
+        for ls, what in (("-", "test accuracy (pristine)"), ("--", "training accuracy"),
+                         (":", "true-class confidence, training images (x100)"))]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0))
+    fig.tight_layout(rect=(0, 0.04 * (1 + (len(handles) - 1) // 4) / rows_, 1, 1))
     _save_fig(fig, Path(out) / "curves.png")
     plt.close(fig)
     return Path(out) / "curves.png"

@@ -511,7 +511,7 @@ def curve_section(out: Path, runs) -> str:
                      f"| {m['train_conf_true']:.3f} |")
     return ("\n## Training curves\n\nPristine test accuracy (all the test images the curve was logged on), the "
             "epoch's training accuracy and the mean true-class confidence on a fixed set of training images, as "
-            "`metrics.jsonl` logs them:\n\n![Training curves](curves.png)\n\n" + "\n".join(lines) + "\n")
+            "`metrics.jsonl` logs them, one panel per strategy:\n\n![Training curves](curves.png)\n\n" + "\n".join(lines) + "\n")
 
 
 def trained_on(*run_lists) -> str:
